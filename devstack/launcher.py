@@ -1,0 +1,135 @@
+"""``cmsaf-demo``: the whole cmsaf-hub stack on 127.0.0.1, for newcomers and for trying changes.
+
+Starts the dev IAM (HTTPS, dev CA) and JupyterHub with configurable-http-proxy from the repository's
+``jupyterhub_config.py``, prints where to go and who can log in, and stops everything on Ctrl-C.
+State (CA, IAM signing key, hub database, crypt key) is kept in ``--state-dir`` between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from devstack.hub import REPO_ROOT, HubError, HubProcess, IAMClientSettings, port_is_free
+from devstack.iam import DevIAM, DevIAMError
+
+HUB_CLIENT_ID = "cmsaf-hub"
+
+
+class LaunchError(Exception):
+    """Something the person starting the demo must fix; the message says what and how."""
+
+
+def _persistent_secret(path: Path, make) -> str:
+    """A secret kept across runs (so sessions and auth_state survive a restart), mode 0600."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cmsaf-demo", description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=8000, help="the hub's public port on 127.0.0.1 (default 8000)")
+    p.add_argument("--iam-port", type=int, default=8443, help="the dev IAM's HTTPS port (default 8443)")
+    p.add_argument("--state-dir", type=Path, default=REPO_ROOT / ".devstack",
+                   help="where the CA, keys and databases are kept (default .devstack/ in the repository)")
+    p.add_argument("--token-lifetime", type=int, default=3600,
+                   help="access-token lifetime in seconds issued by the dev IAM (default 3600)")
+    return p.parse_args(argv)
+
+
+def check_prerequisites(args: argparse.Namespace) -> None:
+    if shutil.which("node") is None:
+        raise LaunchError("node is not on PATH: install Node.js 20+ (Debian: apt-get install nodejs npm)")
+    if not (REPO_ROOT / "devstack" / "node_modules").is_dir():
+        raise LaunchError("the dev stack's Node.js packages are missing: run ./demo (or npm ci --prefix devstack)")
+    if not (REPO_ROOT / "jupyterhub_config.py").is_file():
+        raise LaunchError(f"cannot read {REPO_ROOT / 'jupyterhub_config.py'}")
+    for name, port in (("--port", args.port), ("--iam-port", args.iam_port)):
+        if not port_is_free(port):
+            raise LaunchError(f"port {port} on 127.0.0.1 is in use: stop what uses it or pass {name} <other port>")
+
+
+async def run(args: argparse.Namespace) -> None:
+    state = args.state_dir.resolve()
+    client_secret = _persistent_secret(state / "hub-client-secret", lambda: secrets.token_urlsafe(32))
+    crypt_key = _persistent_secret(state / "crypt-key", lambda: secrets.token_hex(32))
+    hub = HubProcess(
+        state_dir=state / "hub",
+        iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=client_secret),
+        crypt_key=crypt_key,
+        port=args.port,
+    )
+    iam = DevIAM(
+        state / "iam",
+        port=args.iam_port,
+        access_token_lifetime=args.token_lifetime,
+        clients=[{
+            "client_id": HUB_CLIENT_ID,
+            "client_secret": client_secret,
+            "redirect_uris": [f"{hub.url}hub/oauth_callback"],
+            "grant_types": ["authorization_code", "refresh_token",
+                            "urn:ietf:params:oauth:grant-type:token-exchange",
+                            "urn:ietf:params:oauth:grant-type:device_code"],
+        }],
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await iam.start()
+        hub.iam.issuer, hub.iam.ca_cert = iam.issuer, iam.ca_cert
+        await hub.start()
+        print(banner(hub, iam), flush=True)
+        await stop.wait()
+        print("\ncmsaf-demo: stopping…", flush=True)
+    finally:
+        await hub.stop()
+        await iam.stop()
+
+
+def banner(hub: HubProcess, iam: DevIAM) -> str:
+    users = "\n".join(
+        f"    {u['username']:<6} password {u['password']:<16} groups {' '.join(u['groups']) or '(none)'}"
+        for u in (iam.user(n) for n in ("alice", "bob", "eve"))
+    )
+    return (
+        f"\ncmsaf-hub demo is running.\n"
+        f"  Hub:     {hub.url}\n"
+        f"  Dev IAM: {iam.issuer}  (CA: {iam.ca_cert})\n"
+        f"  Users:\n{users}\n"
+        f"  Logs:    {hub.log_path}, {iam.log_path}\n"
+        f"Press Ctrl-C to stop everything.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_prerequisites(args)
+        asyncio.run(run(args))
+    except (LaunchError, HubError, DevIAMError) as e:
+        first, *rest = str(e).splitlines() or [""]
+        print(f"cmsaf-demo: {first}", file=sys.stderr)
+        if rest:
+            print("\n".join(rest), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

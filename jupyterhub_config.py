@@ -1,0 +1,78 @@
+"""cmsaf-hub's JupyterHub configuration.
+
+Works as is for the local stack started by ``./demo`` (SQLite, local sessions, the dev IAM), and reads
+production settings from ``CMSAF_*`` environment variables (see the README's configuration table).
+Secrets may be given as files (``*_FILE``), which is how Kubernetes Secrets are usually mounted.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+def setting(name: str, default: str | None = None, *, required: bool = False) -> str | None:
+    """``CMSAF_<name>`` from the environment, or the content of the file named by ``CMSAF_<name>_FILE``."""
+    value = os.environ.get(f"CMSAF_{name}")
+    path = os.environ.get(f"CMSAF_{name}_FILE")
+    if value is None and path:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as e:
+            sys.exit(f"cmsaf-hub config: cannot read CMSAF_{name}_FILE={path}: {e.strerror}")
+    if value is None:
+        value = default
+    if required and not value:
+        sys.exit(f"cmsaf-hub config: set CMSAF_{name} (or CMSAF_{name}_FILE); see the README's configuration table")
+    return value
+
+
+STATE_DIR = Path(setting("STATE_DIR", str(REPO_ROOT / ".devstack")))
+STATE_DIR.mkdir(parents=True, exist_ok=True)
+
+if not os.environ.get("JUPYTERHUB_CRYPT_KEY"):
+    # auth_state holds the users' IAM tokens: it is only ever stored encrypted.
+    sys.exit("cmsaf-hub config: set JUPYTERHUB_CRYPT_KEY (e.g. `openssl rand -hex 32`); the demo launcher makes one")
+
+# --- where the hub listens -------------------------------------------------------------------------
+c.JupyterHub.bind_url = setting("HUB_URL", "http://127.0.0.1:8000/")
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{setting('HUB_INTERNAL_PORT', '8081')}"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{setting('PROXY_API_PORT', '8001')}"
+_chp = REPO_ROOT / "devstack" / "node_modules" / ".bin" / "configurable-http-proxy"
+if _chp.exists():
+    c.ConfigurableHTTPProxy.command = [str(_chp)]
+c.JupyterHub.db_url = setting("DB_URL", f"sqlite:///{STATE_DIR / 'jupyterhub.sqlite'}")
+c.JupyterHub.cookie_secret_file = str(STATE_DIR / "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.pid_file = str(STATE_DIR / "jupyterhub-proxy.pid")
+
+# --- login through INDIGO-IAM (the dev IAM in the demo) ---------------------------------------------
+ISSUER = setting("IAM_ISSUER", required=True)
+if not ISSUER.endswith("/"):
+    ISSUER += "/"
+CA_FILE = setting("CA_FILE")
+
+c.JupyterHub.authenticator_class = "generic-oauth"
+c.GenericOAuthenticator.client_id = setting("IAM_CLIENT_ID", required=True)
+c.GenericOAuthenticator.client_secret = setting("IAM_CLIENT_SECRET", required=True)
+c.GenericOAuthenticator.oauth_callback_url = f"{c.JupyterHub.bind_url}hub/oauth_callback"
+c.GenericOAuthenticator.authorize_url = f"{ISSUER}authorize"
+c.GenericOAuthenticator.token_url = f"{ISSUER}token"
+c.GenericOAuthenticator.userdata_url = f"{ISSUER}userinfo"
+c.GenericOAuthenticator.login_service = "CMS IAM"
+c.GenericOAuthenticator.scope = ["openid", "profile", "email", "offline_access", "wlcg", "wlcg.groups"]
+c.GenericOAuthenticator.username_claim = "preferred_username"
+c.GenericOAuthenticator.manage_groups = True
+c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.wlcg.groups"
+c.GenericOAuthenticator.allowed_groups = set(setting("ALLOWED_GROUPS", "/cms").split())
+c.GenericOAuthenticator.admin_groups = set(setting("ADMIN_GROUPS", "/cms/admins").split())
+c.GenericOAuthenticator.enable_auth_state = True
+if CA_FILE:
+    c.GenericOAuthenticator.http_request_kwargs = {"ca_certs": CA_FILE}
+
+# --- user sessions --------------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = str(STATE_DIR / "home" / "{username}")
+c.Spawner.default_url = "/lab"

@@ -1,0 +1,89 @@
+"""A running hub for tests: the repository's config plus an admin service the tests act through."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import httpx
+
+from devstack.hub import HubProcess
+from devstack.iam import DevIAM
+
+ADMIN_SERVICE = "harness-admin"
+
+
+def admin_service_config(token: str) -> str:
+    """Config text registering a token-only service with the scopes tests need to arrange users."""
+    return f"""
+c.JupyterHub.services.append({{"name": {ADMIN_SERVICE!r}, "api_token": {token!r}}})
+c.JupyterHub.load_roles.append({{
+    "name": {ADMIN_SERVICE!r},
+    "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "admin:auth_state", "list:users",
+               "read:users", "groups", "list:services", "read:services"],
+    "services": [{ADMIN_SERVICE!r}],
+}})
+"""
+
+
+@dataclass
+class RunningHub:
+    """What a test gets from ``hub_factory``."""
+
+    process: HubProcess
+    admin_token: str = field(repr=False)
+    iam: DevIAM
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def api_url(self) -> str:
+        return self.process.api_url
+
+    @property
+    def log_path(self):
+        return self.process.log_path
+
+    def admin_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.api_url, headers={"Authorization": f"token {self.admin_token}"}, timeout=30
+        )
+
+    async def create_user(self, name: str, admin: bool = False) -> str:
+        """Create ``name`` in the hub (if missing) and return a new API token of theirs."""
+        async with self.admin_client() as api:
+            r = await api.post(f"/users/{name}", json={"admin": admin})
+            if r.status_code not in (201, 409):
+                r.raise_for_status()
+            if admin and r.status_code == 409:
+                (await api.patch(f"/users/{name}", json={"admin": True})).raise_for_status()
+        return await self.user_token(name)
+
+    async def user_token(self, name: str, note: str = "test") -> str:
+        """A new hub API token for an existing user, with all of that user's permissions."""
+        async with self.admin_client() as api:
+            r = await api.post(f"/users/{name}/tokens", json={"note": note})
+            r.raise_for_status()
+            return r.json()["token"]
+
+    async def get_user(self, name: str) -> dict:
+        """The hub's user model, including ``auth_state`` (the admin service may read it)."""
+        async with self.admin_client() as api:
+            r = await api.get(f"/users/{name}")
+            r.raise_for_status()
+            return r.json()
+
+    async def start(self) -> None:
+        await self.process.start()
+
+    async def stop(self) -> None:
+        await self.process.stop()
+
+    def log_text(self) -> str:
+        return self.process.log_path.read_text(errors="replace")
+
+
+def new_admin_token() -> str:
+    return secrets.token_hex(32)

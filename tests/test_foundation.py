@@ -1,0 +1,132 @@
+"""The foundation works as the README promises: the launcher, the config, login through the real IdP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.hub import REPO_ROOT, free_port
+from tests.harness.login import login_via_iam, trusting
+
+LAUNCHER = [sys.executable, "-m", "devstack.launcher"]
+
+
+def run_quick(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60):
+    import subprocess
+
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def test_launcher_port_in_use_is_one_clear_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_quick(LAUNCHER + ["--port", str(port), "--iam-port", str(free_port()),
+                                  "--state-dir", str(tmp_path)])
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert f"port {port}" in lines[0] and "--port" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_launcher_without_node_is_one_clear_line(tmp_path):
+    r = run_quick(LAUNCHER + ["--state-dir", str(tmp_path)], env={"PATH": str(tmp_path)})
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        "cmsaf-demo: node is not on PATH: install Node.js 20+ (Debian: apt-get install nodejs npm)"
+    )
+
+
+def test_config_refuses_to_start_without_crypt_key(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_CRYPT_KEY"}
+    env.update(CMSAF_STATE_DIR=str(tmp_path), CMSAF_IAM_ISSUER="https://127.0.0.1:9/",
+               CMSAF_IAM_CLIENT_ID="x", CMSAF_IAM_CLIENT_SECRET="y")
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "jupyterhub", "-f", str(REPO_ROOT / "jupyterhub_config.py")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert r.returncode != 0
+    assert "set JUPYTERHUB_CRYPT_KEY" in r.stderr
+
+
+def test_config_names_a_missing_required_setting(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMSAF_")}
+    env.update(CMSAF_STATE_DIR=str(tmp_path), JUPYTERHUB_CRYPT_KEY="00" * 32)
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "jupyterhub", "-f", str(REPO_ROOT / "jupyterhub_config.py")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert r.returncode != 0
+    assert "set CMSAF_IAM_ISSUER" in r.stderr
+
+
+@pytest.mark.slow
+async def test_alice_logs_in_through_the_idp_and_groups_are_mirrored(hub_factory):
+    hub = await hub_factory()
+    session = await login_via_iam(hub, "alice", "alice-password")
+    async with session:
+        landed = session.login_response
+        assert landed.status_code == 200
+        assert str(landed.url).startswith(hub.url)
+        model = await hub.get_user("alice")
+        assert "/cms" in model["groups"]
+        assert model["admin"] is False
+        # the login is real: the hub now serves alice's home page on her cookie
+        home = await session.get(f"{hub.url}hub/home")
+        assert home.status_code == 200 and "alice" in home.text
+
+
+@pytest.mark.slow
+async def test_admin_group_makes_bob_admin_and_eve_is_refused(hub_factory):
+    hub = await hub_factory()
+    async with await login_via_iam(hub, "bob", "bob-password") as bob:
+        assert bob.login_response.status_code == 200
+    assert (await hub.get_user("bob"))["admin"] is True
+
+    async with await login_via_iam(hub, "eve", "eve-password") as eve:
+        assert eve.login_response.status_code == 403
+    async with hub.admin_client() as api:
+        assert (await api.get("/users/eve")).status_code == 404
+
+
+@pytest.mark.slow
+async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_path):
+    port, iam_port = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *LAUNCHER, "--port", str(port), "--iam-port", str(iam_port), "--state-dir", str(tmp_path),
+        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    output = ""
+    try:
+        while "Press Ctrl-C" not in output:
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
+            assert line, f"launcher exited early:\n{output}"
+            output += line.decode()
+        assert f"http://127.0.0.1:{port}/" in output
+        assert re.search(r"alice\s+password alice-password", output)
+        ca = tmp_path / "pki" / "ca.pem"
+        async with httpx.AsyncClient(verify=trusting(ca), follow_redirects=True, timeout=30) as http:
+            page = await http.get(f"http://127.0.0.1:{port}/hub/oauth_login")
+        assert page.status_code == 200
+        assert str(page.url).startswith(f"https://127.0.0.1:{iam_port}/")
+        assert 'name="password"' in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+    assert proc.returncode == 0
+    # Ctrl-C stopped everything it started: nothing listens any more.
+    for p in (port, iam_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", p)) != 0
