@@ -1,0 +1,203 @@
+"""``Hub``: a handle on the cluster service, sync or async, in the spirit of ``dask_gateway.Gateway``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from distributed.utils import LoopRunner, SyncMethodMixin
+
+from .config import HubConfig, resolve_config
+from .errors import HubError
+from .http import ServiceAPI
+from .options import OptionsSchema, validate_options
+from .report import RUNNING, ClusterReport
+
+#: Seconds one long-poll ``GET /clusters/{id}?wait=`` may last.
+LONG_POLL_SECONDS = 20
+
+
+async def wait_until_running(
+    api: ServiceAPI, report: ClusterReport, timeout: float | None = None
+) -> ClusterReport:
+    """Long-poll the service until the cluster runs; raise with the service's reason if it ends."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while report.status != RUNNING:
+        if report.is_final:
+            why = f": {report.reason}" if report.reason else ""
+            raise HubError(f"cluster {report.id} {report.status}{why}")
+        wait = LONG_POLL_SECONDS
+        if deadline is not None:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise HubError(
+                    f"cluster {report.id} still {report.status} after {timeout:g} s"
+                )
+            wait = min(wait, max(1, int(left)))
+        report = ClusterReport.from_json(
+            await api.get_cluster(report.id, wait=wait, status=report.status)
+        )
+    return report
+
+
+def options_schema(response: Any) -> OptionsSchema:
+    """``GET /options`` answers a JSON Schema object with ``properties``; check it has that shape."""
+    if isinstance(response, dict) and isinstance(response.get("properties"), dict):
+        return response
+    raise HubError("the service's /options answer is not a JSON Schema object with 'properties'")
+
+
+class Hub(SyncMethodMixin):
+    """List, create, connect to and stop your clusters.
+
+    With no arguments inside a hub session, everything comes from the environment. Elsewhere::
+
+        hub = Hub("https://hub.example/", token=...)   # or CMSAF_HUB_URL + CMSAF_TOKEN
+
+    Every method returns its result when called from synchronous code and a coroutine to await
+    when the handle was made with ``asynchronous=True`` (or is used inside its own running loop).
+    """
+
+    def __init__(
+        self,
+        hub_url: str | None = None,
+        *,
+        service_url: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        ca_file: str | None = None,
+        config: HubConfig | None = None,
+        asynchronous: bool = False,
+        loop=None,
+    ):
+        self.config = config or resolve_config(
+            hub_url=hub_url,
+            service_url=service_url,
+            token=token,
+            token_file=token_file,
+            ca_file=ca_file,
+        )
+        self._asynchronous = asynchronous
+        self._loop_runner = LoopRunner(loop=loop, asynchronous=asynchronous)
+        self._loop_runner.start()
+        self._api = ServiceAPI(self.config)
+
+    @property
+    def loop(self):
+        return self._loop_runner.loop
+
+    def __repr__(self) -> str:
+        return f"Hub<{self.config.service_url}>"
+
+    # -- the calls ------------------------------------------------------------------------
+
+    async def _cluster_options(self) -> OptionsSchema:
+        return options_schema(await self._api.get_options())
+
+    def cluster_options(self) -> OptionsSchema:
+        """The JSON Schema of the options the service accepts from you (bounds can depend on your groups)."""
+        return self.sync(self._cluster_options)
+
+    async def _list_clusters(self) -> list[ClusterReport]:
+        return [ClusterReport.from_json(c) for c in await self._api.list_clusters()]
+
+    def list_clusters(self) -> list[ClusterReport]:
+        """Your clusters as the service knows them."""
+        return self.sync(self._list_clusters)
+
+    async def _get_cluster(self, cluster_id: str) -> ClusterReport:
+        return ClusterReport.from_json(await self._api.get_cluster(cluster_id))
+
+    def get_cluster(self, cluster_id: str) -> ClusterReport:
+        return self.sync(self._get_cluster, cluster_id)
+
+    async def _submit(self, options: dict[str, Any]) -> ClusterReport:
+        checked = validate_options(await self._cluster_options(), options)
+        return ClusterReport.from_json(await self._api.create_cluster(checked))
+
+    def submit(self, **options: Any) -> ClusterReport:
+        """Ask for a new cluster and return at once (see :meth:`new_cluster` to wait and connect)."""
+        return self.sync(self._submit, options)
+
+    async def _wait_for_cluster(self, cluster_id: str, timeout: float | None) -> ClusterReport:
+        return await wait_until_running(self._api, await self._get_cluster(cluster_id), timeout)
+
+    def wait_for_cluster(self, cluster_id: str, timeout: float | None = None) -> ClusterReport:
+        """Block until the cluster runs (raises :class:`HubError` if it fails or stops first)."""
+        return self.sync(self._wait_for_cluster, cluster_id, timeout)
+
+    def new_cluster(self, *, shutdown_on_close: bool = True, **options: Any):
+        """Create a cluster and return a connected :class:`HubCluster`."""
+        from .cluster import HubCluster
+
+        return HubCluster(
+            hub=self,
+            shutdown_on_close=shutdown_on_close,
+            asynchronous=self._asynchronous,
+            loop=self.loop,
+            **options,
+        )
+
+    def connect(self, cluster_id: str, *, shutdown_on_close: bool = False):
+        """Connect to an existing cluster by id (after a kernel restart, from another process...)."""
+        from .cluster import HubCluster
+
+        return HubCluster.from_id(
+            cluster_id,
+            hub=self,
+            shutdown_on_close=shutdown_on_close,
+            asynchronous=self._asynchronous,
+            loop=self.loop,
+        )
+
+    async def _scale_cluster(self, cluster_id: str, workers: int) -> ClusterReport:
+        return ClusterReport.from_json(await self._api.scale(cluster_id, workers))
+
+    def scale_cluster(self, cluster_id: str, workers: int) -> ClusterReport:
+        return self.sync(self._scale_cluster, cluster_id, workers)
+
+    async def _adapt_cluster(self, cluster_id: str, minimum: int, maximum: int) -> ClusterReport:
+        return ClusterReport.from_json(await self._api.adapt(cluster_id, minimum, maximum))
+
+    def adapt_cluster(self, cluster_id: str, minimum: int, maximum: int) -> ClusterReport:
+        """Let the service scale the cluster between ``minimum`` and ``maximum`` workers."""
+        return self.sync(self._adapt_cluster, cluster_id, minimum, maximum)
+
+    async def _cluster_logs(self, cluster_id: str) -> Any:
+        return await self._api.logs(cluster_id)
+
+    def cluster_logs(self, cluster_id: str) -> Any:
+        return self.sync(self._cluster_logs, cluster_id)
+
+    async def _stop_cluster(self, cluster_id: str) -> None:
+        await self._api.delete_cluster(cluster_id)
+
+    def stop_cluster(self, cluster_id: str) -> None:
+        """Stop a cluster and its workers."""
+        return self.sync(self._stop_cluster, cluster_id)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def _close_http(self) -> None:
+        self._api.close()
+
+    def close(self) -> None:
+        """Release the HTTP client and, in sync mode, the background event loop."""
+        if self.asynchronous:
+            self._api.close()
+            return
+        self.sync(self._close_http)
+        self._loop_runner.stop()
+
+    def __enter__(self) -> Hub:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Hub:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()

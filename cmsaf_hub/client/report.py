@@ -1,0 +1,76 @@
+"""The service's cluster model JSON, parsed into typed read-only objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Statuses after which a cluster never runs again.
+FINAL_STATUSES = frozenset({"stopped", "failed"})
+#: The status in which the scheduler accepts clients.
+RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class WorkerCounts:
+    """Worker progress as the service reports it: how many asked for and where they are."""
+
+    requested: int = 0
+    pending: int = 0  # waiting in the batch queue
+    running: int = 0
+    held: int = 0
+    failed: int = 0
+    held_reasons: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> WorkerCounts:
+        data = data or {}
+        return cls(
+            requested=int(data.get("requested", 0)),
+            pending=int(data.get("pending", 0)),
+            running=int(data.get("running", 0)),
+            held=int(data.get("held", 0)),
+            failed=int(data.get("failed", 0)),
+            held_reasons=tuple(data.get("held_reasons") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class ClusterReport:
+    """One cluster as ``GET /clusters/{id}`` described it (architecture.md, "Cluster model")."""
+
+    id: str
+    owner: str
+    status: str
+    reason: str | None
+    options: dict[str, Any]
+    dashboard_link: str | None
+    scheduler_address: str | None
+    workers: WorkerCounts
+    adapt: dict[str, int] | None
+    created: str | None
+    started: str | None
+    stopped: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClusterReport:
+        return cls(
+            id=data["id"],
+            owner=data.get("owner", ""),
+            status=data.get("status", "unknown"),
+            reason=data.get("reason"),
+            options=dict(data.get("options") or {}),
+            dashboard_link=data.get("dashboard_link"),
+            scheduler_address=data.get("scheduler_address"),
+            workers=WorkerCounts.from_json(data.get("workers")),
+            adapt=data.get("adapt"),
+            created=data.get("created"),
+            started=data.get("started"),
+            stopped=data.get("stopped"),
+            raw=data,
+        )
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
