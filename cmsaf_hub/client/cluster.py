@@ -13,6 +13,7 @@ from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
 from distributed.security import Security
 
+from ..comm import hub_security
 from .config import HubConfig, resolve_config
 from .display import render_cluster_html
 from .errors import HubError
@@ -29,10 +30,8 @@ DEFAULT_REFRESH_INTERVAL = 5.0
 
 def scheduler_security(config: HubConfig) -> Security:
     """What a Dask comm needs to pass the hub's proxy: the user's token as a header, the hub's CA."""
-    extra: dict[str, Any] = {"headers": {"Authorization": f"token {config.token}"}}
-    if config.ca_file:
-        extra["ssl_options"] = ssl.create_default_context(cafile=config.ca_file)
-    return Security(extra_conn_args=extra)
+    context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
+    return hub_security(config.token, ssl_context=context)
 
 
 class HubCluster(Cluster):
