@@ -182,13 +182,13 @@ class Hub(SyncMethodMixin):
     async def _close_http(self) -> None:
         self._api.close()
 
-    def close(self) -> None:
-        """Release the HTTP client and, in sync mode, the background event loop."""
+    def close(self):
+        """Release the HTTP client and, in sync mode, the background event loop (await it in async mode)."""
         if self.asynchronous:
-            self._api.close()
-            return
+            return self._close_http()
         self.sync(self._close_http)
         self._loop_runner.stop()
+        return None
 
     def __enter__(self) -> Hub:
         return self
@@ -200,4 +200,4 @@ class Hub(SyncMethodMixin):
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self.close()
+        await self._close_http()
