@@ -1,0 +1,338 @@
+"""Pure functions that build HTCondor submit descriptions and constraints for Dask clusters.
+
+Nothing here does I/O, so every rule about the shape of a job (resources, image, site, walltime,
+Dask arguments, the attributes that name cluster/owner/role, where tokens live) is tested by
+comparing dictionaries. Secrets never enter a description: tokens and TLS keys are *files* that the
+seam transfers into the job's sandbox, and the job's environment only names their paths.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .base import BackendError
+
+#: Job ClassAd attributes that name what a job belongs to (queried on every poll and on restart).
+ATTR_CLUSTER = "CmsafCluster"
+ATTR_OWNER = "CmsafOwner"
+ATTR_ROLE = "CmsafRole"
+#: Set by the scheduler job itself (through Chirp) once its scheduler listens.
+ATTR_SCHEDULER_ADDRESS = "CmsafSchedulerAddress"
+ATTR_DASHBOARD_ADDRESS = "CmsafDashboardAddress"
+
+ROLE_SCHEDULER = "scheduler"
+ROLE_WORKER = "worker"
+
+#: TLS material as transferred into the sandbox (same file names on scheduler and workers).
+TLS_CERT_FILE = "dask-tls.crt"
+TLS_KEY_FILE = "dask-tls.key"
+
+#: What the bulk poll needs to know about each job.
+POLL_PROJECTION = [
+    "ClusterId",
+    "ProcId",
+    "JobStatus",
+    "HoldReason",
+    "EnteredCurrentStatus",
+    "RemoveReason",
+    "ExitCode",
+    ATTR_CLUSTER,
+    ATTR_OWNER,
+    ATTR_ROLE,
+    ATTR_SCHEDULER_ADDRESS,
+    ATTR_DASHBOARD_ADDRESS,
+]
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+_ATTR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class JobShapeError(BackendError):
+    """A user option or server setting cannot become a job; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """Everything that decides what one worker (or scheduler) job asks for and runs."""
+
+    cores: int = 1
+    memory_gib: float = 2.0
+    disk_gib: float = 1.0
+    #: Container image, or None to run on the worker node's own Python.
+    image: str | None = None
+    #: "singularity" (``+SingularityImage``) or "docker" (docker universe).
+    container: str = "singularity"
+    site: str | None = None
+    #: Machine ClassAd attribute naming a worker node's site.
+    site_attribute: str = "SiteName"
+    #: Jobs running longer than this are removed by the schedd (0: no limit).
+    walltime_seconds: int = 0
+    python: str = "python3"
+    death_timeout: int = 60
+    #: Worker lifetime in seconds (0: unlimited) and its random stagger.
+    lifetime: int = 0
+    lifetime_stagger: int = 0
+    nanny: bool = True
+    extra_directives: Mapping[str, str] = field(default_factory=dict)
+
+
+def classad_string(value: str) -> str:
+    """A ClassAd string literal (quotes and backslashes escaped)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def check_name(kind: str, value: str) -> str:
+    """Cluster ids and owners go into constraints: accept only plain names."""
+    if not _SAFE_NAME.match(value):
+        raise JobShapeError(f"invalid {kind} {value!r} for an HTCondor job attribute")
+    return value
+
+
+def quote_arguments(args: Iterable[str]) -> str:
+    """HTCondor "new" argument syntax (without the surrounding double quotes).
+
+    Double quotes and single quotes are doubled; arguments with spaces or quotes are wrapped in
+    single quotes.
+    """
+    quoted = []
+    for arg in args:
+        q = arg.replace('"', '""').replace("'", "''")
+        if not q or any(c in q for c in " \t'"):
+            q = f"'{q}'"
+        quoted.append(q)
+    return " ".join(quoted)
+
+
+def quote_environment(env: Mapping[str, str]) -> str:
+    """HTCondor "new" environment syntax, wrapped in double quotes."""
+    parts = []
+    for key, value in sorted(env.items()):
+        if not _ENV_NAME.match(key):
+            raise JobShapeError(f"invalid environment variable name {key!r}")
+        v = value.replace('"', '""').replace("'", "''")
+        parts.append(f"{key}='{v}'" if any(c in v for c in " \t'") else f"{key}={v}")
+    return '"' + " ".join(parts) + '"'
+
+
+def token_file_name(name: str) -> str:
+    """The sandbox file holding the exchanged token ``name`` (as in sessions: ``<name>.token``)."""
+    return f"{name}.token"
+
+
+def bearer_token_name(token_names: Iterable[str], preferred: Iterable[str]) -> str | None:
+    """Which token ``BEARER_TOKEN_FILE`` points at: the first preferred name present."""
+    names = list(token_names)
+    for name in preferred:
+        if name in names:
+            return name
+    return names[0] if names else None
+
+
+def sandbox_files(tokens: Mapping[str, str], tls: Mapping[str, str]) -> dict[str, str]:
+    """``{file name: content}`` transferred into every job of a cluster (tokens and TLS)."""
+    files = {token_file_name(name): jwt for name, jwt in tokens.items()}
+    if tls:
+        files[TLS_CERT_FILE] = tls["cert"]
+        files[TLS_KEY_FILE] = tls["key"]
+    return files
+
+
+def _tls_args(tls: bool) -> list[str]:
+    if not tls:
+        return []
+    return [
+        "--tls-ca-file", f"$_CONDOR_SCRATCH_DIR/{TLS_CERT_FILE}",
+        "--tls-cert", f"$_CONDOR_SCRATCH_DIR/{TLS_CERT_FILE}",
+        "--tls-key", f"$_CONDOR_SCRATCH_DIR/{TLS_KEY_FILE}",
+    ]
+
+
+def _sandbox_exports(token_names: list[str], bearer: str | None) -> str:
+    """Shell lines pointing the job at its token files inside the sandbox."""
+    lines = ['export CMSAF_TOKEN_DIR="$_CONDOR_SCRATCH_DIR"']
+    if bearer is not None:
+        lines.append(f'export BEARER_TOKEN_FILE="$_CONDOR_SCRATCH_DIR/{token_file_name(bearer)}"')
+    if "condor" in token_names:
+        lines.append('export _condor_SCITOKENS_FILE="$_CONDOR_SCRATCH_DIR/condor.token"')
+    return "; ".join(lines)
+
+
+def _shell_word(arg: str) -> str:
+    """Quote for /bin/sh, leaving ``$_CONDOR_SCRATCH_DIR`` expandable."""
+    if re.fullmatch(r"[A-Za-z0-9_./:=@%+,$-]+", arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+
+
+def worker_command(shape: JobShape, scheduler_address: str, *, tls: bool) -> list[str]:
+    """The ``dask worker`` command line of one job; its name is the HTCondor job id."""
+    cmd = [
+        shape.python, "-m", "distributed.cli.dask_worker", scheduler_address,
+        "--name", "$(ClusterId).$(ProcId)",
+        "--nthreads", str(shape.cores),
+        "--memory-limit", str(int(shape.memory_gib * 2**30)),
+        "--death-timeout", str(shape.death_timeout),
+        "--local-directory", "$_CONDOR_SCRATCH_DIR",
+        "--nanny" if shape.nanny else "--no-nanny",
+    ]
+    if shape.lifetime:
+        cmd += ["--lifetime", f"{shape.lifetime}s", "--lifetime-stagger", f"{shape.lifetime_stagger}s"]
+    return cmd + _tls_args(tls)
+
+
+def scheduler_command(shape: JobShape, *, tls: bool, idle_timeout: int) -> list[str]:
+    """The command of a scheduler job: it starts Dask and publishes its address via Chirp."""
+    cmd = [shape.python, "-m", "cmsaf_hub.backends.condor_scheduler_job", "--idle-timeout", str(idle_timeout)]
+    if tls:
+        cmd += ["--tls-cert", f"$_CONDOR_SCRATCH_DIR/{TLS_CERT_FILE}", "--tls-key", f"$_CONDOR_SCRATCH_DIR/{TLS_KEY_FILE}"]
+    return cmd
+
+
+def _base_description(
+    shape: JobShape,
+    *,
+    cluster_id: str,
+    owner: str,
+    role: str,
+    command: list[str],
+    token_names: list[str],
+    bearer: str | None,
+    env: Mapping[str, str],
+    input_files: list[str],
+) -> dict[str, str]:
+    check_name("cluster id", cluster_id)
+    check_name("owner", owner)
+    script = _sandbox_exports(token_names, bearer) + "; exec " + " ".join(_shell_word(a) for a in command)
+    desc: dict[str, str] = {
+        "universe": "vanilla",
+        # Through the shell (like dask-jobqueue): HTCondor renames argv[0], which confuses Python,
+        # and the shell expands $_CONDOR_SCRATCH_DIR into the sandbox path.
+        "executable": "/bin/sh",
+        "transfer_executable": "false",
+        "arguments": '"' + quote_arguments(["-c", script]) + '"',
+        "request_cpus": str(shape.cores),
+        "request_memory": str(max(1, int(shape.memory_gib * 1024))),
+        "request_disk": str(max(1, int(shape.disk_gib * 1024 * 1024))),
+        "should_transfer_files": "YES",
+        "when_to_transfer_output": "ON_EXIT_OR_EVICT",
+        "transfer_input_files": ",".join(input_files),
+        # Encrypted on the wire even where the pool does not require encryption by default.
+        "encrypt_input_files": ",".join(input_files),
+        "transfer_output_files": '""',
+        "output": f"{role}-$(ClusterId).$(ProcId).out",
+        "error": f"{role}-$(ClusterId).$(ProcId).err",
+        "leave_in_queue": "false",
+        "batch_name": f"dask-{cluster_id}",
+        f"MY.{ATTR_CLUSTER}": classad_string(cluster_id),
+        f"MY.{ATTR_OWNER}": classad_string(owner),
+        f"MY.{ATTR_ROLE}": classad_string(role),
+    }
+    if env:
+        desc["environment"] = quote_environment(env)
+    if shape.image:
+        if shape.container == "docker":
+            desc["universe"] = "docker"
+            desc["docker_image"] = shape.image
+        else:
+            desc["MY.SingularityImage"] = classad_string(shape.image)
+    if shape.site:
+        if not _ATTR_NAME.match(shape.site_attribute):
+            raise JobShapeError(f"invalid site attribute {shape.site_attribute!r}")
+        desc["requirements"] = f"(TARGET.{shape.site_attribute} == {classad_string(shape.site)})"
+    if shape.walltime_seconds:
+        desc["periodic_remove"] = (
+            f"(JobStatus == 2) && ((time() - JobCurrentStartDate) > {int(shape.walltime_seconds)})"
+        )
+    for key, value in shape.extra_directives.items():
+        desc[key] = value
+    return desc
+
+
+def worker_description(
+    shape: JobShape,
+    *,
+    cluster_id: str,
+    owner: str,
+    scheduler_address: str,
+    token_names: list[str],
+    bearer: str | None,
+    tls: bool,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The submit description of a cluster's workers (queued ``count`` times in one call)."""
+    files = [token_file_name(n) for n in token_names] + ([TLS_CERT_FILE, TLS_KEY_FILE] if tls else [])
+    return _base_description(
+        shape,
+        cluster_id=cluster_id,
+        owner=owner,
+        role=ROLE_WORKER,
+        command=worker_command(shape, scheduler_address, tls=tls),
+        token_names=token_names,
+        bearer=bearer,
+        env=env or {},
+        input_files=files,
+    )
+
+
+def scheduler_description(
+    shape: JobShape,
+    *,
+    cluster_id: str,
+    owner: str,
+    token_names: list[str],
+    bearer: str | None,
+    tls: bool,
+    idle_timeout: int,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The submit description of a scheduler that runs as a job (placement ``htcondor``)."""
+    files = [token_file_name(n) for n in token_names] + ([TLS_CERT_FILE, TLS_KEY_FILE] if tls else [])
+    desc = _base_description(
+        shape,
+        cluster_id=cluster_id,
+        owner=owner,
+        role=ROLE_SCHEDULER,
+        command=scheduler_command(shape, tls=tls, idle_timeout=idle_timeout),
+        token_names=token_names,
+        bearer=bearer,
+        env=env or {},
+        input_files=files,
+    )
+    # The job publishes its address into its own ad through the Chirp I/O proxy.
+    desc["MY.WantIOProxy"] = "true"
+    return desc
+
+
+def cluster_constraint(cluster_ids: Iterable[str], role: str | None = None) -> str:
+    """One constraint matching every job of the given clusters (optionally one role)."""
+    ids = sorted({check_name("cluster id", c) for c in cluster_ids})
+    if not ids:
+        raise JobShapeError("no cluster ids to build a constraint from")
+    listed = ", ".join(classad_string(c) for c in ids)
+    expr = f"member({ATTR_CLUSTER}, {{{listed}}})"
+    if role is not None:
+        expr = f"({expr}) && ({ATTR_ROLE} == {classad_string(role)})"
+    return expr
+
+
+def any_cluster_constraint() -> str:
+    """Every job this service ever submitted (restart reconciliation)."""
+    return f"{ATTR_CLUSTER} =!= undefined"
+
+
+def job_id(ad: Mapping[str, object]) -> str:
+    """``ClusterId.ProcId`` of a job ad: also the Dask name of a worker job."""
+    return f"{ad['ClusterId']}.{ad['ProcId']}"
+
+
+def find_secret(description: Mapping[str, str], secrets: Iterable[str]) -> str | None:
+    """The description key holding one of ``secrets`` (a guard run before every submit)."""
+    needles = [s for s in secrets if s]
+    for key, value in description.items():
+        if any(s in str(value) for s in needles):
+            return key
+    return None

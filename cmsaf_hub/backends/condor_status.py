@@ -1,0 +1,135 @@
+"""Pure translation of HTCondor job ads (queue and history) into backend observations.
+
+HTCondor's ``JobStatus`` codes and removal reasons become :class:`WorkerPhase` values here, in one
+table, so the poll loop in :mod:`cmsaf_hub.backends.htcondor` only does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import ClusterObservation, WorkerObservation, WorkerPhase
+from .condor_jobs import ATTR_CLUSTER, ATTR_ROLE, ROLE_SCHEDULER, ROLE_WORKER, job_id
+
+IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = 1, 2, 3, 4, 5, 6, 7
+
+#: JobStatus of a job still in the queue -> phase.
+QUEUE_PHASES: dict[int, WorkerPhase] = {
+    IDLE: WorkerPhase.QUEUED,
+    RUNNING: WorkerPhase.RUNNING,
+    REMOVED: WorkerPhase.EXITED,
+    COMPLETED: WorkerPhase.EXITED,
+    HELD: WorkerPhase.HELD,
+    TRANSFERRING_OUTPUT: WorkerPhase.RUNNING,
+    SUSPENDED: WorkerPhase.QUEUED,
+}
+
+
+@dataclass
+class PollResult:
+    """Observations plus the held jobs the poll decided to remove (``{job id: reason}``)."""
+
+    clusters: dict[str, ClusterObservation] = field(default_factory=dict)
+    remove_held: dict[str, str] = field(default_factory=dict)
+
+
+def held_too_long(ad: Mapping[str, Any], now: float, limit: int) -> bool:
+    entered = ad.get("EnteredCurrentStatus")
+    return bool(limit) and isinstance(entered, (int, float)) and now - entered > limit
+
+
+def phase_of_queued(ad: Mapping[str, Any]) -> tuple[WorkerPhase, str | None]:
+    """Phase and reason of a job that is still in the queue."""
+    status = ad.get("JobStatus")
+    phase = QUEUE_PHASES.get(status, WorkerPhase.QUEUED)
+    if phase is WorkerPhase.HELD:
+        return phase, str(ad.get("HoldReason") or "held by HTCondor")
+    if status == COMPLETED and ad.get("ExitCode") not in (0, None):
+        return WorkerPhase.FAILED, f"exited with code {ad.get('ExitCode')}"
+    return phase, None
+
+
+def phase_of_finished(ad: Mapping[str, Any] | None) -> tuple[WorkerPhase, str | None]:
+    """Phase and reason of a job that left the queue (looked up in the history)."""
+    if ad is None:
+        return WorkerPhase.FAILED, "job left the queue and is not in the schedd's history"
+    status = ad.get("JobStatus")
+    if status == COMPLETED and ad.get("ExitCode") in (0, None):
+        return WorkerPhase.EXITED, None
+    if status == COMPLETED:
+        return WorkerPhase.FAILED, f"exited with code {ad.get('ExitCode')}"
+    reason = ad.get("RemoveReason") or ad.get("HoldReason")
+    return WorkerPhase.FAILED, f"removed by HTCondor: {reason}" if reason else "removed by HTCondor"
+
+
+def observe(
+    clusters: Mapping[str, Mapping[str, Any]],
+    queue_ads: Iterable[Mapping[str, Any]],
+    history_ads: Iterable[Mapping[str, Any]],
+    *,
+    now: float,
+    held_limit: int,
+    scheduler_in_queue: bool,
+) -> PollResult:
+    """Build one observation per cluster.
+
+    ``clusters`` maps cluster id to the workers the service believes exist (``{name: state}``).
+    Worker jobs of a known cluster that the service does not know appear too (to be adopted).
+    With ``scheduler_in_queue`` the scheduler is a job and its liveness is read from the queue;
+    otherwise ``scheduler_alive`` is left True for the caller to fill in.
+    """
+    result = PollResult()
+    by_cluster: dict[str, dict[str, Mapping[str, Any]]] = {cid: {} for cid in clusters}
+    schedulers: dict[str, Mapping[str, Any]] = {}
+    for ad in queue_ads:
+        cid = ad.get(ATTR_CLUSTER)
+        if cid not in by_cluster:
+            continue
+        if ad.get(ATTR_ROLE) == ROLE_SCHEDULER:
+            schedulers[cid] = ad
+        elif ad.get(ATTR_ROLE) == ROLE_WORKER:
+            by_cluster[cid][job_id(ad)] = ad
+    history = {job_id(ad): ad for ad in history_ads}
+
+    for cid, known in clusters.items():
+        obs = ClusterObservation(scheduler_alive=True)
+        if scheduler_in_queue:
+            sched = schedulers.get(cid)
+            if sched is None:
+                obs.scheduler_alive, obs.scheduler_reason = False, "scheduler job left the queue"
+            else:
+                phase, reason = phase_of_queued(sched)
+                obs.scheduler_alive = phase is WorkerPhase.RUNNING
+                if not obs.scheduler_alive:
+                    obs.scheduler_reason = reason or f"scheduler job is {phase.value}"
+        queued = by_cluster[cid]
+        for name in set(known) | set(queued):
+            ad = queued.get(name)
+            if ad is None:
+                phase, reason = phase_of_finished(history.get(name))
+            else:
+                phase, reason = phase_of_queued(ad)
+                if phase is WorkerPhase.HELD and held_too_long(ad, now, held_limit):
+                    reason = f"removed after being held longer than {held_limit} s: {reason}"
+                    result.remove_held[name] = reason
+                    phase = WorkerPhase.FAILED
+            obs.workers[name] = WorkerObservation(name=name, phase=phase, reason=reason)
+        result.clusters[cid] = obs
+    return result
+
+
+def missing_jobs(clusters: Mapping[str, Mapping[str, Any]], queue_ads: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Worker names the service knows that are no longer in the queue (to look up in history)."""
+    present = {job_id(ad) for ad in queue_ads}
+    return sorted(name for known in clusters.values() for name in known if name not in present)
+
+
+def history_constraint(job_ids: Iterable[str]) -> str:
+    """A history constraint for exact job ids (``ClusterId.ProcId``)."""
+    parts = []
+    for jid in sorted(job_ids):
+        cluster, proc = (int(x) for x in jid.split("."))
+        parts.append(f"(ClusterId == {cluster} && ProcId == {proc})")
+    return " || ".join(parts)
