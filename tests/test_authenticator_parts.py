@@ -1,0 +1,198 @@
+"""The authenticator's pure parts: names and groups, the refresh decision, exchange merging, retries,
+single flight and discovery parsing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from authenticators.discovery import DiscoveryFailed, parse_discovery
+from authenticators.exchange import (
+    ExchangeFailed,
+    ExchangeSpec,
+    build_exchange_params,
+    exchange_all,
+    merge_exchanged,
+    parse_exchange_specs,
+)
+from authenticators.identity import claim_groups, normalize_group, safe_username
+from authenticators.refresh import (
+    ConsumedRefreshTokens,
+    RetryableError,
+    SingleFlight,
+    refresh_due,
+    refresh_margin,
+    with_backoff,
+)
+
+
+@pytest.mark.parametrize(
+    "raw, name",
+    [("alice", "alice"), ("Alice.Smith", "alice.smith"), ("bob@cern.ch", "bob-cern.ch"), (" -x y- ", "x-y"),
+     ("../etc", "etc")],
+)
+def test_safe_username(raw, name):
+    assert safe_username(raw) == name
+
+
+def test_safe_username_refuses_empty():
+    with pytest.raises(ValueError, match="no usable characters"):
+        safe_username("///")
+
+
+def test_groups_from_wlcg_groups_then_groups_with_leading_slash_normalized():
+    assert normalize_group("cms/admins") == normalize_group("/cms/admins/") == "/cms/admins"
+    keys = ["wlcg.groups", "groups"]
+    assert claim_groups({"wlcg.groups": ["/cms", "cms/admins"], "groups": ["x"]}, keys) == {"/cms", "/cms/admins"}
+    assert claim_groups({"groups": "cms cms/admins"}, keys) == {"/cms", "/cms/admins"}
+    assert claim_groups({"wlcg.groups": []}, keys) == set()  # present but empty: no fallback
+    assert claim_groups({"sub": "x"}, keys) == set()
+
+
+@pytest.mark.parametrize(
+    "lifetime, minimum, fraction, margin",
+    [(3600, 60, 0.1, 360), (600, 60, 0.1, 60), (600, 300, 0.1, 300), (60, 60, 0.1, 30), (0, 60, 0.1, 0)],
+)
+def test_refresh_margin_is_larger_of_fixed_and_fraction_capped_at_half(lifetime, minimum, fraction, margin):
+    assert refresh_margin(lifetime, minimum, fraction) == margin
+
+
+def test_refresh_due_only_inside_the_margin():
+    assert not refresh_due(1000.0, 600, now=939.0, minimum=60, fraction=0.1)
+    assert refresh_due(1000.0, 600, now=940.0, minimum=60, fraction=0.1)
+    assert refresh_due(None, 600, now=0.0, minimum=60, fraction=0.1)
+
+
+def test_exchange_specs_validated_as_data():
+    specs = parse_exchange_specs({"condor": {"audience": "https://wlcg.cern.ch/jwt/v1/any", "scope": " compute.read  compute.create "}})
+    assert specs["condor"] == ExchangeSpec("condor", "https://wlcg.cern.ch/jwt/v1/any", "compute.read compute.create")
+    for bad, message in [({"a b": {"audience": "x"}}, "alphanumeric"), ({"x": "aud"}, "must be a dict"),
+                         ({"x": {"audience": ""}}, "non-empty"), ({"x": {"audience": "a", "scope": ["s"]}}, "space-separated")]:
+        with pytest.raises(ValueError, match=message):
+            parse_exchange_specs(bad)
+
+
+def test_exchange_params_follow_rfc8693():
+    spec = ExchangeSpec("xrootd", "https://xrd.example:1094", "storage.read:/")
+    params = build_exchange_params("SUBJECT", spec, {})
+    assert params == {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": "SUBJECT",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "audience": "https://xrd.example:1094",
+        "scope": "storage.read:/",
+    }
+    assert build_exchange_params("S", spec, {"client_id": "c", "client_secret": "s"})["client_id"] == "c"
+
+
+def test_merge_keeps_last_good_until_it_really_expires():
+    previous = {"condor": {"access_token": "old-c", "expires_at": 2000.0}, "xrootd": {"access_token": "old-x", "expires_at": 1500.0},
+                "removed": {"access_token": "r", "expires_at": 9999.0}}
+    fresh = {"condor": {"access_token": "new-c", "expires_at": 2600.0}}
+    merged = merge_exchanged(previous, fresh, {"xrootd": "invalid_target"}, now=1000.0)
+    assert merged == {"condor": {"access_token": "new-c", "expires_at": 2600.0},
+                      "xrootd": {"access_token": "old-x", "expires_at": 1500.0}}
+    assert "xrootd" not in merge_exchanged(previous, fresh, {"xrootd": "down"}, now=1500.0)
+    assert merge_exchanged(None, {}, {"condor": "down"}, now=0) == {}
+
+
+async def test_exchange_all_runs_concurrently_and_isolates_failures():
+    specs = parse_exchange_specs({n: {"audience": n} for n in ("a", "b", "c")})
+    running = 0
+    peak = 0
+
+    async def one(spec):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        if spec.name == "b":
+            raise ExchangeFailed("b", "invalid_target")
+        if spec.name == "c":
+            raise KeyError("boom")
+        return {"access_token": spec.name}
+
+    outcome = await exchange_all(specs, one)
+    assert peak == 3
+    assert outcome.fresh == {"a": {"access_token": "a"}}
+    assert outcome.failed == {"b": "invalid_target", "c": "KeyError"}
+    assert "access_token" not in repr(outcome)
+
+
+async def test_with_backoff_retries_only_retryable_errors():
+    delays: list[float] = []
+
+    async def sleep(d):
+        delays.append(d)
+
+    attempts = 0
+
+    async def flaky():
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise RetryableError("http 502")
+        return "ok"
+
+    assert await with_backoff(flaky, attempts=5, base_delay=1.0, sleep=sleep) == "ok"
+    assert len(delays) == 2 and 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0
+
+    async def down():
+        raise RetryableError("ConnectionRefusedError")
+
+    with pytest.raises(RetryableError):
+        await with_backoff(down, attempts=3, base_delay=1.0, sleep=sleep)
+    assert len(delays) == 4
+
+    async def refused():
+        raise ValueError("invalid_grant")
+
+    with pytest.raises(ValueError):
+        await with_backoff(refused, attempts=3, base_delay=1.0, sleep=sleep)
+    assert len(delays) == 4
+
+
+async def test_single_flight_shares_one_call_and_survives_a_cancelled_caller():
+    flight = SingleFlight()
+    calls = 0
+    gate = asyncio.Event()
+
+    async def work():
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return calls
+
+    waiters = [asyncio.ensure_future(flight.run("alice", work)) for _ in range(10)]
+    other = asyncio.ensure_future(flight.run("bob", work))
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    gate.set()
+    results = await asyncio.gather(*waiters[1:], other)
+    assert calls == 2 and set(results[:-1]) == {results[0]}
+    assert not flight.in_flight("alice")
+    assert await flight.run("alice", work) == 3  # a later call is a new flight
+
+
+def test_consumed_refresh_tokens_recognise_only_the_spent_token():
+    consumed = ConsumedRefreshTokens()
+    consumed.remember("alice", "rt-1", {"name": "alice"})
+    assert consumed.result_for("alice", "rt-1") == {"name": "alice"}
+    assert consumed.result_for("alice", "rt-2") is None
+    assert consumed.result_for("bob", "rt-1") is None
+    assert "rt-1" not in repr(consumed)
+
+
+def test_discovery_document_parsing():
+    doc = {"issuer": "https://iam.example/", "authorization_endpoint": "https://iam.example/authorize",
+           "token_endpoint": "https://iam.example/token", "jwks_uri": "https://iam.example/jwk",
+           "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"]}
+    endpoints = parse_discovery(doc, "https://iam.example")
+    assert endpoints.token_endpoint == "https://iam.example/token" and endpoints.supports_token_exchange
+    with pytest.raises(DiscoveryFailed, match="lacks jwks_uri"):
+        parse_discovery({**doc, "jwks_uri": ""}, "https://iam.example/")
+    with pytest.raises(DiscoveryFailed, match="not a JSON object"):
+        parse_discovery(["x"], "https://iam.example/")
