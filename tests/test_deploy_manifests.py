@@ -1,0 +1,529 @@
+"""The Kubernetes deployment (deploy/): validated offline, and consistent with the code it deploys.
+
+- Every manifest in deploy/manifests/ is validated strictly (unknown fields are errors) against the
+  Kubernetes OpenAPI schemas shipped by PyPI ``kubernetes-validate``, for the oldest Kubernetes
+  release we support and the newest the validator knows.
+- The zero-to-jupyterhub values (deploy/helm/) are checked structurally against the chart's keys
+  this deployment uses (the chart's own values schema is not published in any package registry,
+  so it cannot be fetched offline), and every Kubernetes object embedded in them (volumes, mounts,
+  env vars, service ports, network-policy rules) against the Kubernetes schemas.
+- The names in the values must exist in the code: configurable traits of IAMAuthenticator,
+  IAMKubeSpawner, CmsafService and HTCondorBackend, JupyterHub scopes, the Secret verbs the spawner
+  uses, the HTCondor series of the bindings.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import pytest
+import yaml
+from traitlets.config import Config
+
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="offline Kubernetes schemas: `pip install kubernetes-validate==1.37.0`"
+)
+from kubernetes_validate import utils as kv_utils  # noqa: E402
+from referencing import Registry, Resource  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+VALUES = DEPLOY / "helm" / "values.yaml"
+CVMFS_CSI_OVERLAY = DEPLOY / "helm" / "cvmfs-csi.yaml"
+ADMIN_GUIDE = REPO / "docs" / "admin-guide.md"
+
+#: Oldest Kubernetes release the deployment supports, and the newest the validator ships.
+KUBERNETES_VERSIONS = ("1.30.0", kv_utils.latest_version())
+
+
+def manifest_documents() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted((DEPLOY / "manifests").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield f"{path.name}:{doc.get('kind')}/{doc.get('metadata', {}).get('name')}", doc
+
+
+MANIFESTS = list(manifest_documents())
+
+
+def helm_merge(base: Any, overlay: Any) -> Any:
+    """Helm's values merge: maps merge key by key, everything else (lists too) is replaced."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        merged = dict(base)
+        for key, value in overlay.items():
+            merged[key] = helm_merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(overlay)
+
+
+def load_values(*overlays: Path) -> dict[str, Any]:
+    values = yaml.safe_load(VALUES.read_text())
+    for overlay in overlays:
+        values = helm_merge(values, yaml.safe_load(overlay.read_text()))
+    return values
+
+
+VALUE_SETS = {"values": load_values(), "values+cvmfs-csi": load_values(CVMFS_CSI_OVERLAY)}
+
+
+# --- Kubernetes manifests ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("doc", [d for _, d in MANIFESTS], ids=[i for i, _ in MANIFESTS])
+def test_manifest_is_valid_kubernetes(doc, version):
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        path = ".".join(str(p) for p in e.path)
+        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} at {path}: {e.message}")
+    except kv_utils.SchemaNotFoundError as e:
+        pytest.fail(e.message)  # an unknown kind or apiVersion is a typo too
+
+
+def test_strict_validation_rejects_a_typo():
+    """The validator really is strict: a misspelt field fails (guards the tests above)."""
+    _, deployment = next((i, d) for i, d in MANIFESTS if d["kind"] == "Deployment")
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
+
+
+# --- zero-to-jupyterhub values: structure -------------------------------------------------------------
+
+
+def obj(properties: dict[str, Any] | set[str], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed JSON-schema object; a set of names means "any value" for each."""
+    if isinstance(properties, set):
+        properties = {name: {} for name in properties}
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": list(required)}
+
+
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+IMAGE = obj({"name": {"type": "string"}, "tag": {"type": "string"}, "pullPolicy": {},
+             "pullSecrets": {"type": "array"}}, required=("name", "tag"))
+NETWORK_POLICY = obj({
+    "enabled": {"type": "boolean"}, "ingress": {"type": "array"}, "egress": {"type": "array"},
+    "egressAllowRules": obj({name: {"type": "boolean"} for name in (
+        "cloudMetadataServer", "dnsPortsCloudMetadataServer", "dnsPortsKubeSystemNamespace",
+        "dnsPortsPrivateIPs", "nonPrivateIPs", "privateIPs")}),
+    "interNamespaceAccessLabels": {"enum": ["accept", "ignore"]}, "allowedIngressPorts": {"type": "array"},
+})
+EXTRA_FILES = {"type": "object", "additionalProperties": {
+    **obj({"mountPath": {"type": "string"}, "data": {"type": "object"}, "stringData": {"type": "string"},
+           "binaryData": {"type": "string"}, "mode": {"type": "number"}}, required=("mountPath",)),
+    "oneOf": [{"required": ["data"]}, {"required": ["stringData"]}, {"required": ["binaryData"]}],
+}}
+ENV = {"type": ["object", "array"]}
+
+#: The zero-to-jupyterhub 4.x keys, at every level this deployment touches (names as in the chart's
+#: values.schema.yaml). A key outside these is a typo, or a chart key to add here on purpose.
+Z2JH_VALUES = obj({
+    **{name: {} for name in ("enabled", "fullnameOverride", "nameOverride", "imagePullSecret",
+                              "imagePullSecrets", "custom", "scheduling", "prePuller", "debug",
+                              "rbac", "global")},
+    "hub": obj({
+        **{name: {} for name in (
+            "revisionHistoryLimit", "baseUrl", "command", "args", "cookieSecret", "labels",
+            "initContainers", "extraConfig", "fsGid", "pdb", "existingSecret", "nodeSelector",
+            "tolerations", "activeServerLimit", "allowNamedServers", "annotations",
+            "authenticatePrometheus", "concurrentSpawnLimit", "consecutiveFailureLimit",
+            "podSecurityContext", "containerSecurityContext", "deploymentStrategy", "extraContainers",
+            "livenessProbe", "readinessProbe", "namedServerLimitPerUser", "redirectToServer",
+            "resources", "lifecycle", "shutdownOnLogout", "templatePaths", "templateVars",
+            "serviceAccount", "extraPodSpec")},
+        "config": {"type": "object", "additionalProperties": {"type": "object"}},
+        "extraFiles": EXTRA_FILES,
+        "image": IMAGE,
+        "networkPolicy": NETWORK_POLICY,
+        "db": obj({"type": {"enum": ["sqlite-pvc", "sqlite-memory", "mysql", "postgres", "other"]},
+                   "pvc": {"type": "object"}, "upgrade": {}, "url": {}, "password": {}}),
+        "extraEnv": ENV,
+        "service": obj({"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]},
+                        "ports": {"type": "object"}, "annotations": STRING_MAP,
+                        "extraPorts": {"type": "array"}, "loadBalancerIP": {}}),
+        "extraVolumes": {"type": "array"}, "extraVolumeMounts": {"type": "array"},
+        "services": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+            "name": {"type": "string"}, "admin": {"type": "boolean"},
+            "command": {"type": ["string", "array"]}, "url": {"type": "string"}}}},
+        "loadRoles": {"type": "object", "additionalProperties": obj({
+            "name": {"type": "string"}, "description": {"type": "string"},
+            "scopes": {"type": "array", "items": {"type": "string"}},
+            "users": {"type": "array"}, "services": {"type": "array"}, "groups": {"type": "array"}})},
+    }),
+    "proxy": obj({
+        **{name: {} for name in ("secretToken", "https", "traefik", "labels", "annotations",
+                                  "deploymentStrategy", "secretSync")},
+        "service": obj({"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]},
+                        **{n: {} for n in ("labels", "annotations", "nodePorts", "disableHttpPort",
+                                           "extraPorts", "loadBalancerIP", "loadBalancerSourceRanges")}}),
+        "chp": obj({
+            **{name: {} for name in (
+                "revisionHistoryLimit", "extraCommandLineFlags", "extraEnv", "pdb", "nodeSelector",
+                "tolerations", "containerSecurityContext", "livenessProbe", "readinessProbe",
+                "resources", "defaultTarget", "errorTarget", "extraPodSpec")},
+            "image": IMAGE, "networkPolicy": NETWORK_POLICY}),
+    }),
+    "singleuser": obj({
+        **{name: {} for name in (
+            "podNameTemplate", "cpu", "memory", "initContainers", "profileList", "extraFiles",
+            "nodeSelector", "extraTolerations", "extraNodeAffinity", "extraPodAffinity",
+            "extraPodAntiAffinity", "cloudMetadata", "events", "extraAnnotations", "extraContainers",
+            "extraLabels", "extraPodConfig", "extraResource", "lifecycleHooks", "networkTools",
+            "serviceAccountName", "startTimeout", "allowPrivilegeEscalation")},
+        "networkPolicy": NETWORK_POLICY, "image": IMAGE, "extraEnv": ENV,
+        "uid": {"type": ["integer", "null"]}, "fsGid": {"type": ["integer", "null"]},
+        "cmd": {"type": ["array", "string", "null"]}, "defaultUrl": {"type": ["string", "null"]},
+        "storage": obj({
+            "type": {"enum": ["dynamic", "static", "none"]}, "homeMountPath": {"type": "string"},
+            "capacity": {"type": ["string", "null"]}, "extraVolumes": {"type": "array"},
+            "extraVolumeMounts": {"type": "array"},
+            **{n: {} for n in ("dynamic", "extraLabels", "static")}}, required=("type", "homeMountPath")),
+    }),
+    "ingress": obj({"enabled": {"type": "boolean"}, "annotations": STRING_MAP,
+                    "ingressClassName": {"type": ["string", "null"]}, "hosts": {"type": "array"},
+                    "pathSuffix": {}, "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]},
+                    "tls": {"type": "array"}}, required=("enabled",)),
+    "cull": obj({"enabled": {"type": "boolean"},
+                 **{n: {"type": ["integer", "null"]} for n in ("timeout", "every", "concurrency", "maxAge")},
+                 **{n: {"type": ["boolean", "null"]} for n in ("users", "adminUsers", "removeNamedServers")}},
+                required=("enabled",)),
+})
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_values_use_only_chart_keys(name):
+    errors = sorted(jsonschema.Draft7Validator(Z2JH_VALUES).iter_errors(VALUE_SETS[name]), key=str)
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_values_structure_check_rejects_a_typo():
+    broken = load_values()
+    broken["hub"]["extraEnvs"] = broken["hub"].pop("extraEnv")
+    assert not jsonschema.Draft7Validator(Z2JH_VALUES).is_valid(broken)
+
+
+# --- zero-to-jupyterhub values: embedded Kubernetes objects ------------------------------------------
+
+
+def fragment_errors(value: Any, schema_name: str, version: str) -> list[str]:
+    """Strict Kubernetes-schema errors of one embedded object, e.g. ``volume-v1``."""
+    schema_dir = f"kubernetes-json-schema/v{version}-local-strict"
+    schema = kv_utils.schema_contents(f"{schema_dir}/{schema_name}.json", version)
+    definitions = kv_utils.schema_contents(f"{schema_dir}/_definitions.json", version)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    return [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(value)]
+
+
+def env_vars(env: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
+    """The chart's env notations (``NAME: value`` or ``NAME: {valueFrom: ...}``) as EnvVars."""
+    if isinstance(env, list):
+        return env
+    return [{"name": k, "value": v} if isinstance(v, str) else {"name": k, **v} for k, v in env.items()]
+
+
+def embedded_objects(values: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    hub, singleuser, chp = values["hub"], values["singleuser"], values["proxy"]["chp"]
+    for where, items, kind in (
+        ("hub.extraVolumes", hub.get("extraVolumes", []), "volume-v1"),
+        ("hub.extraVolumeMounts", hub.get("extraVolumeMounts", []), "volumemount-v1"),
+        ("singleuser.storage.extraVolumes", singleuser["storage"].get("extraVolumes", []), "volume-v1"),
+        ("singleuser.storage.extraVolumeMounts", singleuser["storage"].get("extraVolumeMounts", []),
+         "volumemount-v1"),
+        ("hub.extraEnv", env_vars(hub.get("extraEnv", {})), "envvar-v1"),
+        ("singleuser.extraEnv", env_vars(singleuser.get("extraEnv", {})), "envvar-v1"),
+        ("hub.service.extraPorts", hub.get("service", {}).get("extraPorts", []), "serviceport-v1"),
+    ):
+        for index, item in enumerate(items):
+            yield f"{where}[{index}]", kind, item
+    for where, policy in (("hub", hub), ("singleuser", singleuser), ("proxy.chp", chp)):
+        for direction in ("ingress", "egress"):
+            for index, rule in enumerate(policy.get("networkPolicy", {}).get(direction, [])):
+                yield (f"{where}.networkPolicy.{direction}[{index}]",
+                       f"networkpolicy{direction}rule-networking-v1", rule)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_values_embed_valid_kubernetes_objects(name, version):
+    found = list(embedded_objects(VALUE_SETS[name]))
+    assert len(found) >= 10  # volumes, mounts, env, ports and policy rules are all present
+    errors = [f"{where}: {error}" for where, kind, item in found for error in fragment_errors(item, kind, version)]
+    assert not errors, "\n".join(errors)
+
+
+def test_embedded_object_check_rejects_a_typo():
+    volume = {"name": "cvmfs", "hostpath": {"path": "/cvmfs"}}
+    assert fragment_errors(volume, "volume-v1", KUBERNETES_VERSIONS[0])
+
+
+# --- CVMFS: node path by default, CSI by overlay ----------------------------------------------------
+
+
+def session_volumes(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in values["singleuser"]["storage"]["extraVolumes"]}
+
+
+def test_cvmfs_overlay_swaps_only_the_cvmfs_volume():
+    base, csi = session_volumes(VALUE_SETS["values"]), session_volumes(VALUE_SETS["values+cvmfs-csi"])
+    assert base["cvmfs"]["hostPath"]["path"] == "/cvmfs"
+    claim = csi["cvmfs"]["persistentVolumeClaim"]
+    assert claim["readOnly"] is True
+    # Helm replaces lists whole: the overlay must keep every other session volume
+    assert {k: v for k, v in csi.items() if k != "cvmfs"} == {k: v for k, v in base.items() if k != "cvmfs"}
+    pvc = next(d for _, d in MANIFESTS if d["kind"] == "PersistentVolumeClaim"
+               and d["metadata"]["name"] == claim["claimName"])
+    storage_class = next(d for _, d in MANIFESTS if d["kind"] == "StorageClass")
+    assert pvc["spec"]["storageClassName"] == storage_class["metadata"]["name"]
+    assert storage_class["provisioner"] == "cvmfs.csi.cern.ch"
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_sessions_mount_cvmfs_read_only_with_propagation(name):
+    mounts = {m["name"]: m for m in VALUE_SETS[name]["singleuser"]["storage"]["extraVolumeMounts"]}
+    assert mounts["cvmfs"]["mountPath"] == "/cvmfs"
+    assert mounts["cvmfs"]["readOnly"] is True
+    assert mounts["cvmfs"]["mountPropagation"] == "HostToContainer"
+
+
+def test_worker_jobs_bind_cvmfs():
+    condor = condor_configmap()["data"]["90-cmsaf-execute-point.conf"]
+    assert re.search(r'^SINGULARITY_BIND_EXPR\s*=\s*"/cvmfs"', condor, re.M)
+    assert re.search(r"^DOCKER_VOLUME_DIR_CVMFS\s*=\s*/cvmfs:/cvmfs:ro", condor, re.M)
+
+
+# --- the values name real things ----------------------------------------------------------------------
+
+
+def configurable_classes() -> dict[str, type]:
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.auth import Authenticator
+
+    from authenticators import IAMAuthenticator
+    from cmsaf_hub.app import CmsafService
+    from cmsaf_hub.backends.htcondor import HTCondorBackend
+    from spawners import IAMKubeSpawner
+
+    return {cls.__name__: cls for cls in (JupyterHub, Authenticator, IAMAuthenticator, IAMKubeSpawner,
+                                          CmsafService, HTCondorBackend)}
+
+
+def unknown_traits(config: dict[str, dict[str, Any]]) -> list[str]:
+    classes = configurable_classes()
+    return [
+        f"{section}.{trait}"
+        for section, traits in config.items()
+        for trait in traits
+        if section not in classes or trait not in classes[section].class_trait_names(config=True)
+    ]
+
+
+def test_hub_config_sets_only_existing_traits():
+    config = VALUE_SETS["values"]["hub"]["config"]
+    assert {"IAMAuthenticator", "IAMKubeSpawner"} <= set(config)
+    assert not unknown_traits(config)
+
+
+def test_authenticator_accepts_the_configured_values():
+    from authenticators import IAMAuthenticator
+
+    settings = VALUE_SETS["values"]["hub"]["config"]["IAMAuthenticator"]
+    authenticator = IAMAuthenticator(config=Config({"IAMAuthenticator": settings}))
+    assert authenticator.token_exchanges["condor"]["scope"].split() == [
+        "compute.read", "compute.create", "compute.modify", "compute.cancel"]
+    assert authenticator.issuer.endswith("/")
+
+
+def service_config(tmp_path, monkeypatch) -> Config:
+    (tmp_path / "db-password").write_text("db-secret\n")
+    (tmp_path / "crypt-key").write_text("lPl3QbHDnAvU4AMvK6ieH9uyzIb9iWd2aFQ0aTzo_dY=\n")
+    monkeypatch.setenv("CMSAF_SECRETS_DIR", str(tmp_path))
+    source = VALUE_SETS["values"]["hub"]["extraFiles"]["cmsaf-service-config"]["stringData"]
+    config = Config()
+    exec(compile(source, "cmsaf_service_config.py", "exec"), {"get_config": lambda: config})
+    return config
+
+
+def test_service_config_file_sets_existing_traits(tmp_path, monkeypatch):
+    config = service_config(tmp_path, monkeypatch)
+    assert not unknown_traits({section: dict(traits) for section, traits in config.items()})
+
+
+def test_service_config_builds_a_working_service_and_backend(tmp_path, monkeypatch):
+    from cmsaf_hub.app import CmsafService
+    from cmsaf_hub.backends.htcondor import HTCondorBackend
+
+    config = service_config(tmp_path, monkeypatch)
+    service = CmsafService(config=config)
+    assert service.backend_class is HTCondorBackend and service.backend_tokens
+    assert service.db_url.startswith("postgresql+psycopg://cmsaf:db-secret@cmsaf-db:5432/")
+    backend = HTCondorBackend(config=config)
+    assert backend.condor_config["COLLECTOR_HOST"] == "cmsaf-condor-cm:9618"
+
+
+def test_service_is_registered_where_the_proxy_and_command_find_it():
+    hub = VALUE_SETS["values"]["hub"]
+    service = hub["services"]["cmsaf"]
+    port = int(service["url"].rsplit(":", 1)[1])
+    assert service["url"] == f"http://hub:{port}"
+    assert {"name": "cmsaf", "port": port, "targetPort": port} in hub["service"]["extraPorts"]
+    assert any(port in [p["port"] for p in rule["ports"]] for rule in hub["networkPolicy"]["ingress"])
+    assert any(port in [p["port"] for p in rule["ports"]]
+               for rule in VALUE_SETS["values"]["proxy"]["chp"]["networkPolicy"]["egress"])
+    assert service["command"][0] == "cmsaf-service"
+    config_path = service["command"][1].split("=", 1)[1]
+    assert hub["extraFiles"]["cmsaf-service-config"]["mountPath"] == config_path
+
+
+def test_roles_use_real_scopes_and_give_the_service_what_it_needs():
+    from jupyterhub.scopes import _check_scopes_exist
+
+    roles = VALUE_SETS["values"]["hub"]["loadRoles"]
+    for role in roles.values():
+        _check_scopes_exist(role["scopes"])
+    service_role = next(r for r in roles.values() if "cmsaf" in r.get("services", []))
+    assert {"admin:auth_state", "read:users", "list:users", "access:services"} <= set(service_role["scopes"])
+    for default_role in ("user", "server"):  # browsers and sessions' JUPYTERHUB_API_TOKEN reach the service
+        assert "access:services!service=cmsaf" in roles[default_role]["scopes"]
+
+
+#: Keys that hold secrets (but not keys naming one, like ``secretName`` or ``bearer_token_name``).
+SECRET_NAME = re.compile(r"(secret|password|token|crypt.?key)(?!.*name$)", re.I)
+
+
+def literal_secrets(node: Any, path: str = "") -> Iterator[str]:
+    """Paths of secret-named keys given a literal value (a secret written into the values)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if SECRET_NAME.search(str(key)) and isinstance(value, (str, int)) and not isinstance(value, bool):
+                yield where
+            elif SECRET_NAME.search(str(key)) and isinstance(value, dict) and "value" in value:
+                yield where
+            else:
+                yield from literal_secrets(value, where)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from literal_secrets(value, f"{path}[{index}]")
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_secrets_come_from_kubernetes_secrets_only(name):
+    hub = VALUE_SETS[name]["hub"]
+    for variable in ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "JUPYTERHUB_CRYPT_KEY"):
+        assert "secretKeyRef" in hub["extraEnv"][variable]["valueFrom"]
+    assert not list(literal_secrets(VALUE_SETS[name]))
+
+
+def test_literal_secret_check_catches_one():
+    values = helm_merge(load_values(), {"hub": {"extraEnv": {"JUPYTERHUB_CRYPT_KEY": "0123abcd"},
+                                                "config": {"IAMAuthenticator": {"client_secret": "s3"}}}})
+    assert sorted(literal_secrets(values)) == [
+        "hub.config.IAMAuthenticator.client_secret", "hub.extraEnv.JUPYTERHUB_CRYPT_KEY"]
+
+
+def referenced_secrets() -> set[str]:
+    """Names of every Secret the values and manifests read."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("secretKeyRef", "secret"):
+                ref = node.get(key)
+                if isinstance(ref, dict):
+                    found.add(ref.get("name") or ref.get("secretName"))
+            if "secretName" in node:
+                found.add(node["secretName"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(VALUE_SETS["values"])
+    walk(VALUE_SETS["values+cvmfs-csi"])
+    for _, doc in MANIFESTS:
+        walk(doc)
+    return found
+
+
+def test_admin_guide_says_how_to_create_every_secret():
+    guide = ADMIN_GUIDE.read_text()
+    missing = [name for name in sorted(referenced_secrets())
+               if not re.search(rf"kubectl[^\n]*create secret[^\n]*\s{re.escape(name)}\s", guide)]
+    assert not missing, f"docs/admin-guide.md has no `kubectl create secret` for {missing}"
+
+
+# --- RBAC for the spawner's token Secrets -------------------------------------------------------------
+
+#: kubernetes_asyncio method prefix -> the RBAC verb it needs.
+API_VERBS = {"create": "create", "read": "get", "replace": "update", "patch": "patch",
+             "delete": "delete", "list": "list"}
+
+
+def test_token_secret_role_grants_every_verb_the_spawner_uses():
+    source = (REPO / "spawners" / "kube.py").read_text()
+    calls = set(re.findall(r"\.api\.(\w+?)_namespaced_secret\(", source))
+    assert calls, "IAMKubeSpawner no longer calls the Secret API: revisit this Role"
+    role = next(d for _, d in MANIFESTS if d["kind"] == "Role" and d["metadata"]["name"] == "cmsaf-hub-token-secrets")
+    (rule,) = role["rules"]
+    assert rule["resources"] == ["secrets"]
+    assert {API_VERBS[call] for call in calls} <= set(rule["verbs"])
+    binding = next(d for _, d in MANIFESTS if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub"}]
+
+
+# --- HTCondor pool -------------------------------------------------------------------------------------
+
+
+def condor_configmap() -> dict[str, Any]:
+    return next(d for _, d in MANIFESTS if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cmsaf-condor-config")
+
+
+def test_schedd_uses_the_verified_scitokens_recipe():
+    schedd = condor_configmap()["data"]["90-cmsaf-schedd.conf"]
+    pool = condor_configmap()["data"]["90-cmsaf-pool.conf"]
+    assert re.search(r"^SEC_DEFAULT_AUTHENTICATION_METHODS\s*=.*\bSCITOKENS\b", pool, re.M)
+    for setting in ("AUTH_SSL_SERVER_CERTFILE", "AUTH_SSL_SERVER_KEYFILE", "CERTIFICATE_MAPFILE"):
+        assert re.search(rf"^{setting}\s*=\s*\S", schedd, re.M), setting
+    assert re.search(r"^CERTIFICATE_MAPFILE_ASSUME_HASH_KEYS\s*=\s*True$", schedd, re.M)
+
+
+def test_mapfile_maps_iam_identities_to_listed_accounts():
+    data = condor_configmap()["data"]
+    accounts = {line.split()[0] for line in data["users"].splitlines() if line.strip()}
+    lines = [line for line in data["mapfile"].splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        method, regex, account = line.split()
+        assert method == "SCITOKENS"
+        # "<issuer with trailing slash>,<subject>", slashes escaped (hash keys assumed)
+        assert re.fullmatch(r"/\^https:\\/\\/.+\\/,.+\$/", regex), line
+        assert account in accounts
+
+
+def test_condor_daemons_match_the_bindings_release():
+    from importlib import metadata
+
+    bindings = metadata.version("htcondor")
+    for _, doc in MANIFESTS:
+        if doc["kind"] in ("Deployment", "StatefulSet") and doc["metadata"]["name"].startswith("cmsaf-condor"):
+            image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
+            assert image.split(":")[1].startswith(bindings), image
+
+
+def test_spawner_and_service_point_at_the_pool_services():
+    services = {d["metadata"]["name"]: d for _, d in MANIFESTS if d["kind"] == "Service"}
+    spawner = VALUE_SETS["values"]["hub"]["config"]["IAMKubeSpawner"]
+    collector_host, collector_port = spawner["condor_collector_host"].split(":")
+    assert int(collector_port) in [p["port"] for p in services[collector_host]["spec"]["ports"]]
+    assert spawner["condor_schedd_host"] in services
+    assert f'CONDOR_HOST = {collector_host}' in condor_configmap()["data"]["90-cmsaf-pool.conf"]
