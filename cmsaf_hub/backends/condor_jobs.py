@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 from .base import BackendError
 
+# Set by a scheduler job itself (through Chirp) once its scheduler listens.
+from .condor_scheduler_preload import ATTR_DASHBOARD_ADDRESS, ATTR_SCHEDULER_ADDRESS, ATTR_SCHEDULER_WS_ADDRESS
+
 #: Job ClassAd attributes that name what a job belongs to (queried on every poll and on restart).
 ATTR_CLUSTER = "CmsafCluster"
 ATTR_OWNER = "CmsafOwner"
 ATTR_ROLE = "CmsafRole"
-#: Set by the scheduler job itself (through Chirp) once its scheduler listens.
-ATTR_SCHEDULER_ADDRESS = "CmsafSchedulerAddress"
-ATTR_DASHBOARD_ADDRESS = "CmsafDashboardAddress"
 
 ROLE_SCHEDULER = "scheduler"
 ROLE_WORKER = "worker"
@@ -28,6 +28,8 @@ ROLE_WORKER = "worker"
 #: TLS material as transferred into the sandbox (same file names on scheduler and workers).
 TLS_CERT_FILE = "dask-tls.crt"
 TLS_KEY_FILE = "dask-tls.key"
+#: The scheduler job's preload (cmsaf_hub/backends/condor_scheduler_preload.py), transferred as is.
+SCHEDULER_PRELOAD_FILE = "cmsaf_scheduler_preload.py"
 
 #: What the bulk poll needs to know about each job.
 POLL_PROJECTION = [
@@ -42,6 +44,7 @@ POLL_PROJECTION = [
     ATTR_OWNER,
     ATTR_ROLE,
     ATTR_SCHEDULER_ADDRESS,
+    ATTR_SCHEDULER_WS_ADDRESS,
     ATTR_DASHBOARD_ADDRESS,
 ]
 
@@ -185,11 +188,16 @@ def worker_command(shape: JobShape, scheduler_address: str, *, tls: bool) -> lis
 
 
 def scheduler_command(shape: JobShape, *, tls: bool, idle_timeout: int) -> list[str]:
-    """The command of a scheduler job: it starts Dask and publishes its address via Chirp."""
-    cmd = [shape.python, "-m", "cmsaf_hub.backends.condor_scheduler_job", "--idle-timeout", str(idle_timeout)]
-    if tls:
-        cmd += ["--tls-cert", f"$_CONDOR_SCRATCH_DIR/{TLS_CERT_FILE}", "--tls-key", f"$_CONDOR_SCRATCH_DIR/{TLS_KEY_FILE}"]
-    return cmd
+    """A scheduler job: ``dask scheduler`` whose preload publishes its addresses through Chirp."""
+    cmd = [
+        shape.python, "-m", "distributed.cli.dask_scheduler",
+        "--protocol", "tls,wss" if tls else "tcp,ws",
+        "--port", "0,0",
+        "--dashboard-address", ":0",
+        "--idle-timeout", f"{idle_timeout}s",
+        "--preload", f"$_CONDOR_SCRATCH_DIR/{SCHEDULER_PRELOAD_FILE}",
+    ]
+    return cmd + _tls_args(tls)
 
 
 def _base_description(
@@ -291,6 +299,7 @@ def scheduler_description(
 ) -> dict[str, str]:
     """The submit description of a scheduler that runs as a job (placement ``htcondor``)."""
     files = [token_file_name(n) for n in token_names] + ([TLS_CERT_FILE, TLS_KEY_FILE] if tls else [])
+    files.append(SCHEDULER_PRELOAD_FILE)
     desc = _base_description(
         shape,
         cluster_id=cluster_id,

@@ -1,0 +1,472 @@
+"""HTCondor backend: Dask workers (and optionally the scheduler) as HTCondor jobs, as their owner.
+
+Every schedd call goes through :class:`~cmsaf_hub.backends.condor_seam.IdentityProcesses`: the
+owner's exchanged ``condor`` token authenticates the call inside a process that only ever held that
+owner's token. Submit descriptions come from the pure builders in
+:mod:`~cmsaf_hub.backends.condor_jobs`; queue and history ads become observations in
+:mod:`~cmsaf_hub.backends.condor_status`. This module holds only configuration and I/O order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from collections import defaultdict
+from typing import Any
+
+from traitlets import Any as AnyTrait
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
+
+from . import condor_scheduler_preload
+from .base import Backend, BackendError, ClusterObservation, ClusterSpec, SchedulerInfo, SubmittedWorker
+from .condor_jobs import (
+    ATTR_CLUSTER,
+    ATTR_DASHBOARD_ADDRESS,
+    ATTR_OWNER,
+    ATTR_SCHEDULER_ADDRESS,
+    ATTR_SCHEDULER_WS_ADDRESS,
+    POLL_PROJECTION,
+    SCHEDULER_PRELOAD_FILE,
+    ROLE_WORKER,
+    JobShape,
+    any_cluster_constraint,
+    bearer_token_name,
+    check_name,
+    classad_string,
+    cluster_constraint,
+    find_secret,
+    sandbox_files,
+    scheduler_description,
+    worker_description,
+)
+from .condor_retire import retire_workers
+from .condor_seam import SERVICE_IDENTITY, CondorSeam, IdentityProcesses, SeamError
+from .condor_status import history_constraint, missing_jobs, observe, phase_of_queued
+
+#: The scheduler job's preload, shipped into its sandbox as a file (read once, at import).
+PRELOAD_SOURCE = Path(condor_scheduler_preload.__file__).read_text()
+
+
+SCHEDD_LOAD_PROJECTION = ["Name", "TotalRunningJobs", "TotalIdleJobs", "TotalHeldJobs"]
+
+
+def least_loaded_schedd(ads: list[dict[str, Any]]) -> str | None:
+    """The schedd with the fewest running + idle jobs (ties: by name); None if there is none."""
+    named = [ad for ad in ads if ad.get("Name")]
+    if not named:
+        return None
+    load = lambda ad: (int(ad.get("TotalRunningJobs") or 0) + int(ad.get("TotalIdleJobs") or 0), ad["Name"])  # noqa: E731
+    return min(named, key=load)["Name"]
+
+
+def seam_error(action: str, error: SeamError) -> BackendError:
+    """A user-facing backend error carrying HTCondor's own message."""
+    prefix = {"auth": "HTCondor refused the authentication", "unreachable": "HTCondor schedd unreachable",
+              "rejected": "HTCondor rejected the request"}.get(error.kind, "HTCondor error")
+    return BackendError(f"{prefix} while {action}: {error.message}", retryable=error.kind == "unreachable")
+
+
+class HTCondorBackend(Backend):
+    """Runs each cluster's workers as HTCondor jobs submitted, queried and removed as the owner."""
+
+    scheduler_placement = Enum(
+        ["service", "htcondor"], default_value="service",
+        help="""Where each cluster's scheduler runs: "service" (a local process beside the service,
+        started like the local backend does) or "htcondor" (a job of its own, optionally pinned to
+        the workers' site; it publishes its address into its job ad through Chirp).""",
+    ).tag(config=True)
+
+    schedd_name = Unicode(
+        "", help="""Name of the schedd to submit to. Empty: choose the least loaded schedd known to
+        the collector when a cluster starts (the choice is kept in the cluster's backend_state).""",
+    ).tag(config=True)
+
+    condor_config = Dict(
+        Unicode(), default_value={"SEC_CLIENT_AUTHENTICATION_METHODS": "SCITOKENS"},
+        help="""HTCondor client settings of the per-user client processes, e.g. COLLECTOR_HOST,
+        AUTH_SSL_CLIENT_CAFILE (the CA of the schedd's host certificate). Each key K is set as
+        _condor_K; SCITOKENS_FILE is always the identity's own token file.""",
+    ).tag(config=True)
+
+    token_name = Unicode(
+        "condor", help="The exchanged token that authenticates the owner to the schedd (SciTokens).",
+    ).tag(config=True)
+
+    bearer_token_names = List(
+        Unicode(), default_value=["xrootd", "condor"],
+        help="BEARER_TOKEN_FILE in jobs points at the first of these tokens the cluster has.",
+    ).tag(config=True)
+
+    service_token_file = Unicode(
+        "", help="""A token file of a read-only service identity. When set, one queue query per
+        schedd covers all clusters in a poll, and restart reconciliation can list every user's jobs.
+        When empty, polls run one query per owner (as that owner).""",
+    ).tag(config=True)
+
+    state_dir = Unicode(
+        "", help="Directory (0700) for the per-user client processes' token files. Empty: a temp dir.",
+    ).tag(config=True)
+
+    max_client_processes = Int(
+        32, help="Per-user HTCondor client processes kept alive; the least recently used is stopped.",
+    ).tag(config=True)
+
+    seam_factory = AnyTrait(
+        CondorSeam, help="Picklable callable building the bindings seam inside each client process.",
+    ).tag(config=True)
+
+    python = Unicode("python3", help="Python (with distributed installed) inside the jobs.").tag(config=True)
+
+    default_image = Unicode(
+        "", help="Container image of jobs whose cluster options name none (empty: no container).",
+    ).tag(config=True)
+
+    image_allowlist = List(
+        Unicode(), default_value=[],
+        help="Images users may choose (exact names); the default image is always allowed.",
+    ).tag(config=True)
+
+    container_mode = Enum(
+        ["singularity", "docker"], default_value="singularity",
+        help='How images run: "singularity" (+SingularityImage) or "docker" (docker universe).',
+    ).tag(config=True)
+
+    sites = List(
+        Unicode(), default_value=[],
+        help="Sites users may pin workers to (e.g. T2_LNL_PD, T2_BA, T2_PI, T2_RM, T2_CERN).",
+    ).tag(config=True)
+
+    site_attribute = Unicode(
+        "SiteName", help="Machine ClassAd attribute compared with the chosen site in requirements.",
+    ).tag(config=True)
+
+    pin_scheduler_to_site = Bool(
+        True, help="With placement htcondor, run the scheduler job at the workers' site too.",
+    ).tag(config=True)
+
+    disk_gib = Float(2.0, help="Disk requested per job, GiB.").tag(config=True)
+
+    max_walltime = Int(
+        86400, help="Seconds a job may run before the schedd removes it (periodic_remove); 0: no limit.",
+    ).tag(config=True)
+
+    extra_directives = Dict(
+        Unicode(), default_value={}, help="Extra submit commands added to every job (they win on conflict).",
+    ).tag(config=True)
+
+    death_timeout = Int(60, help="Seconds a worker waits for an unreachable scheduler before exiting.").tag(config=True)
+    worker_lifetime = Int(0, help="Worker --lifetime in seconds (0: unlimited).").tag(config=True)
+    worker_lifetime_stagger = Int(0, help="Worker --lifetime-stagger in seconds.").tag(config=True)
+    worker_nanny = Bool(True, help="Run workers under a nanny process.").tag(config=True)
+
+    held_timeout = Int(
+        900, help="Seconds a job may stay held before the backend removes it (reason recorded); 0: never.",
+    ).tag(config=True)
+
+    scheduler_idle_timeout = Int(
+        3600, help="Seconds without clients after which a scheduler job exits (placement htcondor).",
+    ).tag(config=True)
+
+    scheduler_queue_timeout = Float(
+        3600, help="Seconds a scheduler job may wait in the queue (idle) before the start fails.",
+    ).tag(config=True)
+
+    scheduler_start_timeout = Float(
+        120, help="Seconds a running scheduler job has to publish its address before the start fails.",
+    ).tag(config=True)
+
+    retire_timeout = Float(30, help="Seconds to wait for the scheduler to retire workers gracefully.").tag(config=True)
+
+    status_interval = Float(2.0, help="Seconds between queue checks while a scheduler job starts.").tag(config=True)
+
+    scheduler_backend = AnyTrait(
+        None, allow_none=True, help="Backend starting schedulers for placement service (default: LocalBackend).",
+    )
+
+    @default("scheduler_backend")
+    def _default_scheduler_backend(self):
+        if self.scheduler_placement != "service":
+            return None
+        from .local import LocalBackend  # the local backend's scheduler start, reused as is
+
+        return LocalBackend(parent=self)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        import tempfile
+
+        state_dir = self.state_dir or tempfile.mkdtemp(prefix="cmsaf-condor-")
+        self.processes = IdentityProcesses(
+            state_dir=state_dir,
+            condor_env={f"_condor_{k}": v for k, v in self.condor_config.items()},
+            seam_factory=self.seam_factory,
+            max_processes=self.max_client_processes,
+            service_token_file=self.service_token_file or None,
+        )
+        self._owners: dict[str, tuple[str, str | None]] = {}  # orphan cluster id -> (owner, schedd)
+        self._tokens: dict[str, str] = {}  # owner -> last condor token seen (never logged)
+        if self.scheduler_backend is not None:
+            await self.scheduler_backend.start()
+
+    async def close(self) -> None:
+        await self.processes.close()
+        if self.scheduler_backend is not None:
+            await self.scheduler_backend.close()
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    def job_shape(self, cluster: ClusterSpec) -> JobShape:
+        """Server-side config + the cluster's options -> the shape of its jobs."""
+        options = cluster.options
+        image = options.get("image") or self.default_image or None
+        if image and image != self.default_image and image not in self.image_allowlist:
+            raise BackendError(f"image {image!r} is not allowed on this facility")
+        site = options.get("site") or None
+        if site and site not in self.sites:
+            raise BackendError(f"site {site!r} is not one of {', '.join(self.sites) or 'none'}")
+        return JobShape(
+            cores=int(options.get("cores", 1)),
+            memory_gib=float(options.get("memory", 2.0)),
+            disk_gib=self.disk_gib,
+            image=image,
+            container=self.container_mode,
+            site=site,
+            site_attribute=self.site_attribute,
+            walltime_seconds=self.max_walltime,
+            python=self.python,
+            death_timeout=self.death_timeout,
+            lifetime=self.worker_lifetime,
+            lifetime_stagger=self.worker_lifetime_stagger,
+            nanny=self.worker_nanny,
+            extra_directives=dict(self.extra_directives),
+        )
+
+    def _token(self, cluster: ClusterSpec) -> str:
+        """The owner's condor token: the spec's, else the last one seen (stop and poll specs carry none)."""
+        token = cluster.tokens.get(self.token_name) or self._tokens.get(cluster.owner)
+        if not token:
+            raise BackendError(f"no {self.token_name!r} token for {cluster.owner} yet: cannot authenticate to HTCondor",
+                               retryable=True)
+        self._tokens[cluster.owner] = token
+        return token
+
+    async def _as_owner(self, cluster: ClusterSpec, action: str, method: str, *args: Any) -> Any:
+        try:
+            return await self.processes.call(cluster.owner, self._token(cluster), method, *args)
+        except SeamError as e:
+            raise seam_error(action, e) from None
+
+    async def _submit(self, cluster: ClusterSpec, description: dict[str, str], count: int, schedd: str | None,
+                      extra_files: dict[str, str] | None = None) -> list[str]:
+        files = {**sandbox_files(cluster.tokens, cluster.tls), **(extra_files or {})}
+        leak = find_secret(description, list(files.values()))
+        if leak is not None:  # a guard, not a feature: builders never put secrets in descriptions
+            raise BackendError(f"refusing to submit: submit command {leak!r} would carry a secret")
+        return await self._as_owner(cluster, "submitting jobs", "submit", schedd, description, count, files)
+
+    async def _choose_schedd(self, cluster: ClusterSpec) -> str | None:
+        if self.schedd_name:
+            return self.schedd_name
+        ads = await self._as_owner(cluster, "locating schedds", "schedds", SCHEDD_LOAD_PROJECTION)
+        return least_loaded_schedd(ads)
+
+    # --- scheduler -------------------------------------------------------------------------
+
+    async def start_scheduler(self, cluster: ClusterSpec) -> SchedulerInfo:
+        check_name("cluster id", cluster.id)
+        shape = self.job_shape(cluster)  # validates image/site before anything starts
+        schedd = await self._choose_schedd(cluster)
+        if self.scheduler_placement == "service":
+            info = await self.scheduler_backend.start_scheduler(cluster)
+            state = {**info.backend_state, "placement": "service", "schedd": schedd, "scheduler_address": info.address}
+            return SchedulerInfo(info.address, info.dashboard_address, state)
+        if not self.pin_scheduler_to_site:
+            shape = JobShape(**{**shape.__dict__, "site": None})
+        desc = scheduler_description(
+            JobShape(**{**shape.__dict__, "cores": 1}),
+            cluster_id=cluster.id, owner=cluster.owner, token_names=sorted(cluster.tokens),
+            bearer=bearer_token_name(cluster.tokens, self.bearer_token_names), tls=bool(cluster.tls),
+            idle_timeout=self.scheduler_idle_timeout, env=cluster.env,
+        )
+        [job] = await self._submit(cluster, desc, 1, schedd, {SCHEDULER_PRELOAD_FILE: PRELOAD_SOURCE})
+        self.log.info("Cluster %s: scheduler job %s submitted as %s", cluster.id, job, cluster.owner)
+        try:
+            ad = await self._wait_for_scheduler(cluster, schedd, job)
+        except BaseException:
+            await self._remove(cluster, schedd, [job], "scheduler start failed")
+            raise
+        address = ad[ATTR_SCHEDULER_ADDRESS]
+        state = {"placement": "htcondor", "schedd": schedd, "scheduler_job": job, "scheduler_address": address,
+                 "address": address, "ws_address": ad.get(ATTR_SCHEDULER_WS_ADDRESS)}
+        return SchedulerInfo(address, ad.get(ATTR_DASHBOARD_ADDRESS) or "", state)
+
+    async def _wait_for_scheduler(self, cluster: ClusterSpec, schedd: str | None, job: str) -> dict[str, Any]:
+        """Wait for the job's published address; time in the queue is counted separately."""
+        loop = asyncio.get_running_loop()
+        queued_since, running_since = loop.time(), None
+        constraint = f"ClusterId == {int(job.split('.')[0])}"
+        while True:
+            ads = await self._as_owner(cluster, "waiting for the scheduler", "query", schedd, constraint, POLL_PROJECTION)
+            if not ads:
+                hist = await self._as_owner(cluster, "reading history", "history", schedd, constraint, POLL_PROJECTION, 1)
+                reason = (hist[0].get("RemoveReason") or f"status {hist[0].get('JobStatus')}") if hist else "unknown"
+                raise BackendError(f"scheduler job {job} left the queue: {reason}")
+            ad = ads[0]
+            if ad.get(ATTR_SCHEDULER_ADDRESS):
+                return ad
+            phase, reason = phase_of_queued(ad)
+            now = loop.time()
+            if phase.value in ("held", "failed", "exited"):
+                raise BackendError(f"scheduler job {job} is {phase.value}: {reason}")
+            if phase.value == "running":
+                running_since = running_since or now
+                if now - running_since > self.scheduler_start_timeout:
+                    raise BackendError(f"scheduler job {job} did not publish its address in {self.scheduler_start_timeout:.0f} s")
+            elif now - queued_since > self.scheduler_queue_timeout:
+                raise BackendError(f"scheduler job {job} waited in the queue longer than {self.scheduler_queue_timeout:.0f} s")
+            await asyncio.sleep(self.status_interval)
+
+    # --- workers ---------------------------------------------------------------------------
+
+    async def submit_workers(self, cluster: ClusterSpec, count: int) -> list[SubmittedWorker]:
+        if count <= 0:
+            return []
+        state = cluster.backend_state
+        desc = worker_description(
+            self.job_shape(cluster), cluster_id=cluster.id, owner=cluster.owner,
+            scheduler_address=state["scheduler_address"], token_names=sorted(cluster.tokens),
+            bearer=bearer_token_name(cluster.tokens, self.bearer_token_names), tls=bool(cluster.tls),
+            env=cluster.env,
+        )
+        jobs = await self._submit(cluster, desc, count, state.get("schedd"))
+        self.log.info("Cluster %s: %d worker jobs submitted as %s in one call", cluster.id, len(jobs), cluster.owner)
+        return [SubmittedWorker(name=job, backend_state={"job": job}) for job in jobs]
+
+    async def _remove(self, cluster: ClusterSpec, schedd: str | None, spec: list[str] | str, reason: str) -> None:
+        await self._as_owner(cluster, "removing jobs", "act", schedd, "Remove", spec, f"cmsaf: {reason}")
+
+    async def stop_workers(self, cluster: ClusterSpec, workers: dict[str, dict[str, Any]]) -> None:
+        if not workers:
+            return
+        names = sorted(workers)
+        retired = await retire_workers(
+            cluster.backend_state.get("scheduler_address"), cluster.tls, names, timeout=self.retire_timeout
+        )
+        self.log.info("Cluster %s: %d of %d workers retired through the scheduler", cluster.id, retired, len(names))
+        jobs = [state.get("job", name) for name, state in workers.items()]
+        await self._remove(cluster, cluster.backend_state.get("schedd"), sorted(jobs), "scaled down")
+
+    # --- status ----------------------------------------------------------------------------
+
+    async def poll(self, clusters: list[ClusterSpec]) -> dict[str, ClusterObservation]:
+        by_schedd: dict[str | None, list[ClusterSpec]] = defaultdict(list)
+        for cluster in clusters:
+            by_schedd[cluster.backend_state.get("schedd")].append(cluster)
+        results: dict[str, ClusterObservation] = {}
+        for schedd, group in by_schedd.items():
+            results.update(await self._poll_schedd(schedd, group))
+        if self.scheduler_placement == "service":
+            await self._poll_local_schedulers(clusters, results)
+        return results
+
+    async def _poll_schedd(self, schedd: str | None, clusters: list[ClusterSpec]) -> dict[str, ClusterObservation]:
+        known = {c.id: dict(c.backend_state.get("workers") or {}) for c in clusters}
+        ads: list[dict[str, Any]] = []
+        if self.service_token_file:
+            constraint = cluster_constraint(known)
+            try:
+                ads = await self.processes.call(SERVICE_IDENTITY, None, "query", schedd, constraint, POLL_PROJECTION)
+            except SeamError as e:
+                raise seam_error("polling the queue", e) from None
+        else:
+            by_owner: dict[str, list[ClusterSpec]] = defaultdict(list)
+            for c in clusters:
+                by_owner[c.owner].append(c)
+            for owned in by_owner.values():
+                constraint = cluster_constraint(c.id for c in owned)
+                ads += await self._as_owner(owned[0], "polling the queue", "query", schedd, constraint, POLL_PROJECTION)
+        missing = missing_jobs(known, ads)
+        history: list[dict[str, Any]] = []
+        if missing:
+            args = (schedd, history_constraint(missing), POLL_PROJECTION, len(missing))
+            if self.service_token_file:
+                try:
+                    history = await self.processes.call(SERVICE_IDENTITY, None, "history", *args)
+                except SeamError as e:
+                    raise seam_error("reading history", e) from None
+            else:
+                holder = next(c for c in clusters if any(m in known[c.id] for m in missing))
+                history = await self._as_owner(holder, "reading history", "history", *args)
+        result = observe(known, ads, history, now=time.time(), held_limit=self.held_timeout,
+                         scheduler_in_queue=self.scheduler_placement == "htcondor")
+        specs = {c.id: c for c in clusters}
+        for cid, obs in result.clusters.items():
+            doomed = sorted(name for name in obs.workers if name in result.remove_held)
+            if doomed:
+                self.log.warning("Cluster %s: removing %d jobs held longer than %d s", cid, len(doomed), self.held_timeout)
+                await self._remove(specs[cid], schedd, doomed, f"held longer than {self.held_timeout} s")
+        return result.clusters
+
+    async def _poll_local_schedulers(self, clusters: list[ClusterSpec], results: dict[str, ClusterObservation]) -> None:
+        local = [ClusterSpec(c.id, c.owner, c.options, c.env, c.tls, c.tokens, {**c.backend_state, "workers": {}})
+                 for c in clusters]
+        observed = await self.scheduler_backend.poll(local)
+        for cid, obs in observed.items():
+            if cid in results:
+                results[cid].scheduler_alive = obs.scheduler_alive
+                results[cid].scheduler_reason = obs.scheduler_reason
+
+    # --- teardown, logs, restart ---------------------------------------------------------
+
+    async def stop_cluster(self, cluster: ClusterSpec) -> None:
+        await self._remove(cluster, cluster.backend_state.get("schedd"), cluster_constraint([cluster.id]), "cluster stopped")
+        if cluster.backend_state.get("placement") == "service":
+            await self.scheduler_backend.stop_cluster(cluster)
+
+    async def logs(self, cluster: ClusterSpec) -> dict[str, str]:
+        ads = await self._as_owner(cluster, "reading the queue", "query", cluster.backend_state.get("schedd"),
+                                   cluster_constraint([cluster.id]), POLL_PROJECTION + ["RemoteHost"])
+        logs = {}
+        if cluster.backend_state.get("placement") == "service":
+            logs.update(await self.scheduler_backend.logs(cluster))
+        for ad in ads:
+            name = f"{ad['ClusterId']}.{ad['ProcId']}"
+            phase, reason = phase_of_queued(ad)
+            line = f"HTCondor job {name}: {phase.value}" + (f" on {ad['RemoteHost']}" if ad.get("RemoteHost") else "")
+            key = name if ad.get("CmsafRole") == ROLE_WORKER else "scheduler"
+            logs[key] = (logs.get(key, "") + "\n" + line + (f" ({reason})" if reason else "")).strip()
+        return logs
+
+    async def _listing_schedds(self) -> list[str | None]:
+        if self.schedd_name:
+            return [self.schedd_name]
+        ads = await self.processes.call(SERVICE_IDENTITY, None, "schedds", ["Name"])
+        return [ad["Name"] for ad in ads if ad.get("Name")] or [None]
+
+    async def list_cluster_ids(self) -> set[str]:
+        """Clusters with jobs in any schedd (needs ``service_token_file``; else none are listed)."""
+        if not self.service_token_file:
+            self.log.warning("No service_token_file: cannot list other users' jobs; orphans exit via death timeout")
+            return set()
+        try:
+            for schedd in await self._listing_schedds():
+                ads = await self.processes.call(SERVICE_IDENTITY, None, "query", schedd, any_cluster_constraint(),
+                                                [ATTR_CLUSTER, ATTR_OWNER])
+                for ad in ads:
+                    self._owners[ad[ATTR_CLUSTER]] = (ad.get(ATTR_OWNER), schedd)
+        except SeamError as e:
+            raise seam_error("listing clusters", e) from None
+        return set(self._owners)
+
+    async def remove_cluster_resources(self, cluster_id: str) -> None:
+        """Remove an orphan's jobs as its owner when that owner's token is known, else as the service."""
+        owner, schedd = self._owners.get(cluster_id, (None, self.schedd_name or None))
+        constraint = f"{ATTR_CLUSTER} == {classad_string(check_name('cluster id', cluster_id))}"
+        identity, token = (owner, self._tokens[owner]) if owner in self._tokens else (SERVICE_IDENTITY, None)
+        try:
+            await self.processes.call(identity, token, "act", schedd, "Remove", constraint, "cmsaf: orphaned cluster")
+        except SeamError as e:
+            raise seam_error(f"removing the jobs of orphaned cluster {cluster_id}", e) from None
+        self._owners.pop(cluster_id, None)

@@ -1,0 +1,237 @@
+"""HTCondorBackend against the recording double at the bindings seam (in real per-identity processes).
+
+The assertions are about what the backend sends to HTCondor: exact submit descriptions, one call per
+batch, constraints, actions, as whom; and about what it makes of HTCondor's answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+
+import pytest
+from distributed import Scheduler, Worker
+
+from cmsaf_hub.backends.base import BackendError, ClusterSpec, WorkerPhase
+from cmsaf_hub.backends.htcondor import HTCondorBackend, least_loaded_schedd
+from tests.test_htcondor_seam import RecordingSeam, recorded_calls, write_script
+
+TOKENS = {
+    "alice": {"condor": "eyJ.alice-condor-secret.sig", "xrootd": "eyJ.alice-xrootd-secret.sig"},
+    "bob": {"condor": "eyJ.bob-condor-secret.sig"},
+}
+TLS = {"cert": "-----BEGIN CERTIFICATE-----\ncert-body", "key": "-----BEGIN PRIVATE KEY-----\nkey-secret"}
+SECRETS = [t for user in TOKENS.values() for t in user.values()] + [TLS["key"]]
+
+
+def spec(cid="c1", owner="alice", *, tokens=True, state=None, **options) -> ClusterSpec:
+    return ClusterSpec(
+        id=cid, owner=owner, options={"cores": 1, "memory": 2.0, **options},
+        tls=TLS, tokens=dict(TOKENS[owner]) if tokens else {},
+        backend_state={"schedd": "schedd@pool", "scheduler_address": "tls://10.0.0.5:8786", **(state or {})},
+    )
+
+
+@pytest.fixture
+async def backend(tmp_path):
+    record = tmp_path / "record"
+    record.mkdir()
+    service_token = tmp_path / "service.token"
+    service_token.write_text("jwt-of-the-read-only-service")
+    b = HTCondorBackend(
+        scheduler_placement="htcondor", schedd_name="schedd@pool", state_dir=str(tmp_path / "state"),
+        seam_factory=functools.partial(RecordingSeam, str(record)), service_token_file=str(service_token),
+        sites=["T2_LNL_PD", "T2_BA"], image_allowlist=["registry.cern.ch/cms/coffea:1"],
+        status_interval=0.01, held_timeout=600, retire_timeout=5,
+    )
+    await b.start()
+    b.record_dir = record
+    yield b
+    await b.close()
+
+
+def calls(backend, method=None):
+    return [c for c in recorded_calls(backend.record_dir) if method is None or c["method"] == method]
+
+
+async def test_a_scale_request_is_one_batched_submit_as_the_owner_without_secrets(backend, caplog):
+    caplog.set_level(logging.DEBUG)
+    workers = await backend.submit_workers(spec(site="T2_BA"), 100)
+
+    [submit] = calls(backend)
+    schedd, desc, count, files = submit["args"]
+    assert (schedd, count) == ("schedd@pool", 100)
+    assert files == ["condor.token", "dask-tls.crt", "dask-tls.key", "xrootd.token"]
+    assert submit["token"] == TOKENS["alice"]["condor"]
+    assert desc["MY.CmsafCluster"] == '"c1"' and desc["MY.CmsafOwner"] == '"alice"' and desc["MY.CmsafRole"] == '"worker"'
+    assert desc["requirements"] == '(TARGET.SiteName == "T2_BA")'
+    assert "tls://10.0.0.5:8786" in desc["arguments"]
+    assert 'BEARER_TOKEN_FILE=""$_CONDOR_SCRATCH_DIR/xrootd.token""' in desc["arguments"]
+    assert [w.name for w in workers] == [f"100.{i}" for i in range(100)]
+    assert workers[7].backend_state == {"job": "100.7"}
+    # no secret in any submit command, nor in the logs
+    text = json.dumps(desc)
+    assert not [s for s in SECRETS if s in text]
+    assert not [s for s in SECRETS if s in caplog.text]
+
+
+async def test_interleaved_users_each_submit_with_their_own_identity(backend):
+    for owner in ["alice", "bob", "alice", "bob"]:
+        await backend.submit_workers(spec(f"c-{owner}", owner), 2)
+    submits = calls(backend, "submit")
+    assert [(c["args"][1]["MY.CmsafOwner"], c["token"]) for c in submits] == [
+        ('"alice"', TOKENS["alice"]["condor"]), ('"bob"', TOKENS["bob"]["condor"]),
+        ('"alice"', TOKENS["alice"]["condor"]), ('"bob"', TOKENS["bob"]["condor"]),
+    ]
+    pids = {c["args"][1]["MY.CmsafOwner"]: set() for c in submits}
+    for c in submits:
+        pids[c["args"][1]["MY.CmsafOwner"]].add(c["pid"])
+    assert all(len(p) == 1 for p in pids.values()) and pids['"alice"'] != pids['"bob"']
+
+
+async def test_a_refreshed_token_is_used_for_the_next_call(backend):
+    await backend.submit_workers(spec(), 1)
+    refreshed = spec()
+    refreshed.tokens["condor"] = "eyJ.alice-condor-refreshed.sig"
+    await backend.submit_workers(refreshed, 1)
+    # a later call without tokens (the service's stop specs carry none) still authenticates as alice
+    await backend.stop_cluster(spec(tokens=False))
+    first, second, stop = calls(backend)
+    assert (first["token"], second["token"], stop["token"]) == (
+        TOKENS["alice"]["condor"], "eyJ.alice-condor-refreshed.sig", "eyJ.alice-condor-refreshed.sig")
+    assert first["pid"] == second["pid"] == stop["pid"]
+    assert stop["args"] == ["schedd@pool", "Remove", 'member(CmsafCluster, {"c1"})', "cmsaf: cluster stopped"]
+
+
+async def test_image_and_site_are_checked_before_anything_is_submitted(backend):
+    with pytest.raises(BackendError, match="image 'evil/miner:latest' is not allowed"):
+        await backend.submit_workers(spec(image="evil/miner:latest"), 1)
+    with pytest.raises(BackendError, match="site 'T3_NOWHERE' is not one of T2_LNL_PD, T2_BA"):
+        await backend.submit_workers(spec(site="T3_NOWHERE"), 1)
+    await backend.submit_workers(spec(image="registry.cern.ch/cms/coffea:1"), 1)
+    [submit] = calls(backend)
+    assert submit["args"][1]["MY.SingularityImage"] == '"registry.cern.ch/cms/coffea:1"'
+
+
+@pytest.mark.parametrize("message, expected, retryable", [
+    ("Failed to submit: ERROR: Parse error", "HTCondor rejected the request while submitting jobs: ", False),
+    ("AUTHENTICATE:1003:Failed to authenticate with any method", "HTCondor refused the authentication while submitting jobs: ", False),
+    ("Failed to connect to schedd", "HTCondor schedd unreachable while submitting jobs: ", True),
+])
+async def test_htcondor_errors_become_backend_errors_with_the_htcondor_message(backend, message, expected, retryable):
+    write_script(backend.record_dir, fail={"submit": message})
+    with pytest.raises(BackendError) as info:
+        await backend.submit_workers(spec(), 3)
+    assert str(info.value) == expected + "RuntimeError: " + message
+    assert info.value.retryable is retryable
+
+
+def queue_ad(job, status, cluster, role="worker", **extra):
+    c, p = job.split(".")
+    return {"ClusterId": int(c), "ProcId": int(p), "JobStatus": status, "CmsafCluster": cluster, "CmsafRole": role, **extra}
+
+
+async def test_one_poll_is_one_queue_query_one_history_lookup_and_one_removal_of_long_held_jobs(backend):
+    write_script(backend.record_dir, query=[
+        queue_ad("7.0", 2, "c1", role="scheduler"), queue_ad("8.0", 2, "c1"),
+        queue_ad("8.1", 5, "c1", HoldReason="Transfer input files failure", EnteredCurrentStatus=1),
+        queue_ad("9.0", 2, "c2", role="scheduler"), queue_ad("10.0", 1, "c2"),
+    ], history=[queue_ad("8.2", 3, "c1", RemoveReason="PeriodicRemove: walltime")])
+    a = spec("c1", "alice", tokens=False, state={"workers": {"8.0": {}, "8.1": {}, "8.2": {}}})
+    b = spec("c2", "bob", tokens=False, state={"workers": {"10.0": {}}})
+    await backend.submit_workers(spec("c0", "alice"), 1)  # the service saw alice's token before
+    observed = await backend.poll([a, b])
+
+    submit, query, history, act = calls(backend)
+    assert query["method"] == "query" and query["token"] == "jwt-of-the-read-only-service"
+    assert query["args"][:2] == ["schedd@pool", 'member(CmsafCluster, {"c1", "c2"})']
+    assert history["args"][:2] == ["schedd@pool", "(ClusterId == 8 && ProcId == 2)"]
+    assert history["pid"] == query["pid"]  # reads as the read-only identity
+    assert act["args"] == ["schedd@pool", "Remove", ["8.1"], "cmsaf: held longer than 600 s"]
+    assert (act["token"], act["pid"]) == (TOKENS["alice"]["condor"], submit["pid"])  # removal as the owner
+    c1 = observed["c1"].workers
+    assert (c1["8.0"].phase, c1["8.1"].phase, c1["8.2"].phase) == (WorkerPhase.RUNNING, WorkerPhase.FAILED, WorkerPhase.FAILED)
+    assert c1["8.1"].reason == "removed after being held longer than 600 s: Transfer input files failure"
+    assert c1["8.2"].reason == "removed by HTCondor: PeriodicRemove: walltime"
+    assert observed["c2"].workers["10.0"].phase is WorkerPhase.QUEUED
+    assert observed["c1"].scheduler_alive and observed["c2"].scheduler_alive
+
+
+async def test_without_a_service_identity_each_owner_polls_their_own_clusters(backend):
+    backend.service_token_file = ""
+    await backend.submit_workers(spec("c1", "alice"), 1)
+    await backend.submit_workers(spec("c2", "bob"), 1)
+    await backend.poll([spec("c1", "alice", tokens=False), spec("c2", "bob", tokens=False), spec("c3", "alice", tokens=False)])
+    queries = calls(backend, "query")
+    assert sorted((q["token"], q["args"][1]) for q in queries) == [
+        (TOKENS["alice"]["condor"], 'member(CmsafCluster, {"c1", "c3"})'),
+        (TOKENS["bob"]["condor"], 'member(CmsafCluster, {"c2"})'),
+    ]
+
+
+async def test_scale_down_retires_the_exact_workers_through_the_scheduler_then_removes_their_jobs(backend):
+    async with Scheduler(port=0, dashboard_address=":0") as s:
+        async with Worker(s.address, name="100.0"), Worker(s.address, name="100.1"), Worker(s.address, name="100.2"):
+            cluster = spec(tokens=False, state={"scheduler_address": s.address})
+            await backend.submit_workers(spec(), 1)  # alice's token becomes known
+            cluster.tls = {}
+            await backend.stop_workers(cluster, {"100.0": {"job": "100.0"}, "100.2": {"job": "100.2"}})
+            assert sorted(ws.name for ws in s.workers.values()) == ["100.1"]
+    act = calls(backend, "act")[-1]
+    assert act["args"] == ["schedd@pool", "Remove", ["100.0", "100.2"], "cmsaf: scaled down"]
+
+
+async def test_scheduler_job_start_and_its_published_address(backend):
+    write_script(backend.record_dir, query=[queue_ad("100.0", 2, "c1", role="scheduler",
+        CmsafSchedulerAddress="tls://10.1.2.3:40001", CmsafSchedulerWsAddress="wss://10.1.2.3:40002",
+        CmsafDashboardAddress="http://10.1.2.3:40003")])
+    info = await backend.start_scheduler(spec(site="T2_LNL_PD"))
+    submit, query = calls(backend)
+    schedd, desc, count, files = submit["args"]
+    assert count == 1 and desc["MY.CmsafRole"] == '"scheduler"' and desc["request_cpus"] == "1"
+    assert desc["requirements"] == '(TARGET.SiteName == "T2_LNL_PD")'
+    assert "cmsaf_scheduler_preload.py" in files and "cmsaf_scheduler_preload.py" in desc["transfer_input_files"]
+    assert query["args"][1] == "ClusterId == 100"
+    assert (info.address, info.dashboard_address) == ("tls://10.1.2.3:40001", "http://10.1.2.3:40003")
+    assert info.backend_state == {"placement": "htcondor", "schedd": "schedd@pool", "scheduler_job": "100.0",
+                                  "scheduler_address": "tls://10.1.2.3:40001", "address": "tls://10.1.2.3:40001",
+                                  "ws_address": "wss://10.1.2.3:40002"}
+
+
+async def test_a_held_scheduler_job_fails_the_start_with_its_hold_reason_and_is_removed(backend):
+    write_script(backend.record_dir, query=[queue_ad("100.0", 5, "c1", role="scheduler",
+                                                     HoldReason="Failed to initialize user log")])
+    with pytest.raises(BackendError, match="scheduler job 100.0 is held: Failed to initialize user log"):
+        await backend.start_scheduler(spec())
+    act = calls(backend, "act")[-1]
+    assert act["args"] == ["schedd@pool", "Remove", ["100.0"], "cmsaf: scheduler start failed"]
+
+
+async def test_least_loaded_schedd_is_chosen_through_the_collector(backend):
+    backend.schedd_name = ""
+    write_script(backend.record_dir, schedds=[
+        {"Name": "a@pool", "TotalRunningJobs": 50, "TotalIdleJobs": 10},
+        {"Name": "b@pool", "TotalRunningJobs": 20, "TotalIdleJobs": 5},
+        {"Name": "c@pool", "TotalRunningJobs": 25, "TotalIdleJobs": 0},
+    ], query=[queue_ad("100.0", 2, "c1", role="scheduler", CmsafSchedulerAddress="tls://h:1")])
+    info = await backend.start_scheduler(spec())
+    assert info.backend_state["schedd"] == "b@pool"
+    assert calls(backend, "submit")[0]["args"][0] == "b@pool"
+    assert least_loaded_schedd([]) is None
+
+
+async def test_restart_lists_clusters_and_removes_orphans_as_their_owner_when_known(backend):
+    write_script(backend.record_dir, query=[queue_ad("5.0", 2, "gone", CmsafOwner="alice"),
+                                            queue_ad("6.0", 2, "alive", CmsafOwner="bob"),
+                                            queue_ad("7.0", 2, "lost", CmsafOwner="carol")])
+    assert await backend.list_cluster_ids() == {"gone", "alive", "lost"}
+    listing = calls(backend, "query")[0]
+    assert listing["args"][1] == "CmsafCluster =!= undefined" and listing["token"] == "jwt-of-the-read-only-service"
+    await backend.submit_workers(spec("other", "alice"), 1)
+    await backend.remove_cluster_resources("gone")
+    await backend.remove_cluster_resources("lost")
+    gone, lost = calls(backend, "act")
+    assert gone["args"] == ["schedd@pool", "Remove", 'CmsafCluster == "gone"', "cmsaf: orphaned cluster"]
+    assert gone["token"] == TOKENS["alice"]["condor"]
+    assert lost["token"] == "jwt-of-the-read-only-service"  # carol's token is unknown here

@@ -1,0 +1,196 @@
+"""Pure builders of HTCondor submit descriptions and the translation of job ads into observations."""
+
+from __future__ import annotations
+
+import classad2 as classad
+import htcondor2
+import pytest
+from distributed import Client, Scheduler
+from dask_jobqueue.htcondor import quote_arguments as jobqueue_quote_arguments
+
+from cmsaf_hub.backends.base import WorkerPhase
+from cmsaf_hub.backends.condor_jobs import (
+    JobShape,
+    JobShapeError,
+    bearer_token_name,
+    cluster_constraint,
+    find_secret,
+    quote_arguments,
+    quote_environment,
+    sandbox_files,
+    scheduler_description,
+    worker_description,
+)
+from cmsaf_hub.backends.condor_scheduler_preload import published_attributes
+from cmsaf_hub.backends.condor_status import history_constraint, missing_jobs, observe
+
+SHAPE = JobShape(cores=2, memory_gib=3.0, disk_gib=1.5, death_timeout=45)
+
+
+def build(shape: JobShape = SHAPE, **kw) -> dict[str, str]:
+    args = dict(cluster_id="c0ffee", owner="alice", scheduler_address="tls://10.0.0.5:8786",
+                token_names=["condor", "xrootd"], bearer="xrootd", tls=True)
+    args.update(kw)
+    return worker_description(shape, **args)
+
+
+def test_worker_description_is_exact():
+    desc = build()
+    script = (
+        'export CMSAF_TOKEN_DIR="$_CONDOR_SCRATCH_DIR"; '
+        'export BEARER_TOKEN_FILE="$_CONDOR_SCRATCH_DIR/xrootd.token"; '
+        'export _condor_SCITOKENS_FILE="$_CONDOR_SCRATCH_DIR/condor.token"; '
+        "exec python3 -m distributed.cli.dask_worker tls://10.0.0.5:8786 "
+        '--name "$(ClusterId).$(ProcId)" --nthreads 2 --memory-limit 3221225472 --death-timeout 45 '
+        "--local-directory $_CONDOR_SCRATCH_DIR --nanny "
+        "--tls-ca-file $_CONDOR_SCRATCH_DIR/dask-tls.crt --tls-cert $_CONDOR_SCRATCH_DIR/dask-tls.crt "
+        "--tls-key $_CONDOR_SCRATCH_DIR/dask-tls.key"
+    )
+    files = "condor.token,xrootd.token,dask-tls.crt,dask-tls.key"
+    assert desc == {
+        "universe": "vanilla",
+        "executable": "/bin/sh",
+        "transfer_executable": "false",
+        "arguments": '"' + jobqueue_quote_arguments(["-c", script]) + '"',
+        "request_cpus": "2",
+        "request_memory": "3072",
+        "request_disk": "1572864",
+        "should_transfer_files": "YES",
+        "when_to_transfer_output": "ON_EXIT_OR_EVICT",
+        "transfer_input_files": files,
+        "encrypt_input_files": files,
+        "transfer_output_files": '""',
+        "output": "worker-$(ClusterId).$(ProcId).out",
+        "error": "worker-$(ClusterId).$(ProcId).err",
+        "leave_in_queue": "false",
+        "batch_name": "dask-c0ffee",
+        "MY.CmsafCluster": '"c0ffee"',
+        "MY.CmsafOwner": '"alice"',
+        "MY.CmsafRole": '"worker"',
+    }
+    # The real submit-language parser accepts it.
+    assert htcondor2.Submit(desc)["MY.CmsafRole"] == '"worker"'
+
+
+def test_container_site_walltime_lifetime_and_extra_directives():
+    shape = JobShape(image="/cvmfs/unpacked.cern.ch/coffea:latest", site="T2_LNL_PD", walltime_seconds=7200,
+                     lifetime=3600, lifetime_stagger=300, nanny=False, extra_directives={"request_disk": "99", "+Foo": "1"})
+    desc = build(shape)
+    assert desc["MY.SingularityImage"] == '"/cvmfs/unpacked.cern.ch/coffea:latest"'
+    assert desc["requirements"] == '(TARGET.SiteName == "T2_LNL_PD")'
+    assert desc["periodic_remove"] == "(JobStatus == 2) && ((time() - JobCurrentStartDate) > 7200)"
+    assert "--lifetime 3600s --lifetime-stagger 300s" in desc["arguments"]
+    assert "--no-nanny" in desc["arguments"]
+    assert desc["request_disk"] == "99" and desc["+Foo"] == "1"
+    docker = build(JobShape(image="coffeateam/coffea-dask:latest", container="docker"))
+    assert (docker["universe"], docker["docker_image"]) == ("docker", "coffeateam/coffea-dask:latest")
+    assert "MY.SingularityImage" not in docker
+    htcondor2.Submit(desc)
+    htcondor2.Submit(docker)
+
+
+def test_scheduler_description_publishes_its_address_through_chirp():
+    desc = scheduler_description(JobShape(), cluster_id="c0ffee", owner="bob", token_names=["condor"],
+                                 bearer="condor", tls=False, idle_timeout=600)
+    assert desc["MY.CmsafRole"] == '"scheduler"'
+    assert desc["MY.WantIOProxy"] == "true"
+    assert ("-m distributed.cli.dask_scheduler --protocol tcp,ws --port 0,0 --dashboard-address :0 "
+            "--idle-timeout 600s --preload $_CONDOR_SCRATCH_DIR/cmsaf_scheduler_preload.py") in desc["arguments"]
+    assert desc["transfer_input_files"] == "condor.token,cmsaf_scheduler_preload.py"
+    htcondor2.Submit(desc)
+
+
+async def test_the_scheduler_jobs_published_addresses_reach_a_real_scheduler():
+    async with Scheduler(protocol=["tcp", "ws"], port=[0, 0], host="127.0.0.1", dashboard_address=":0") as s:
+        attrs = published_attributes([li.contact_address for li in s.listeners], s.services["dashboard"].port)
+        address = classad.ExprTree(attrs["CmsafSchedulerAddress"]).eval()
+        ws_address = classad.ExprTree(attrs["CmsafSchedulerWsAddress"]).eval()
+        assert address.startswith("tcp://127.0.0.1:") and ws_address.startswith("ws://")
+        assert classad.ExprTree(attrs["CmsafDashboardAddress"]).eval() == f"http://127.0.0.1:{s.services['dashboard'].port}"
+        for target in (address, ws_address):
+            async with Client(target, asynchronous=True) as client:
+                assert await client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.id) == s.id
+
+
+def test_tokens_are_files_never_description_values():
+    tokens = {"condor": "eyJ.condor-secret.sig", "xrootd": "eyJ.xrootd-secret.sig"}
+    tls = {"cert": "-----BEGIN CERTIFICATE-----x", "key": "-----BEGIN PRIVATE KEY-----y"}
+    files = sandbox_files(tokens, tls)
+    assert files == {"condor.token": tokens["condor"], "xrootd.token": tokens["xrootd"],
+                     "dask-tls.crt": tls["cert"], "dask-tls.key": tls["key"]}
+    desc = build(token_names=sorted(tokens), env={"DASK_DISTRIBUTED__WORKER__DAEMON": "False"})
+    assert find_secret(desc, files.values()) is None
+    assert desc["environment"] == '"DASK_DISTRIBUTED__WORKER__DAEMON=False"'
+    # The guard finds a secret wherever it hides.
+    assert find_secret(dict(desc, environment=f'"T={tokens["condor"]}"'), files.values()) == "environment"
+
+
+def test_bearer_token_preference():
+    assert bearer_token_name(["condor", "xrootd"], ["xrootd", "condor"]) == "xrootd"
+    assert bearer_token_name(["condor"], ["xrootd", "condor"]) == "condor"
+    assert bearer_token_name([], ["xrootd"]) is None
+
+
+@pytest.mark.parametrize("args", [["3", "simple", "arguments"], ["one", "two with spaces", "three"],
+                                  ["one", '"two"', "spacy 'quoted' argument"]])
+def test_argument_quoting_matches_dask_jobqueue(args):
+    assert quote_arguments(args) == jobqueue_quote_arguments(args)
+
+
+def test_environment_quoting_and_names():
+    assert quote_environment({"B": "two words", "A": "it's"}) == "\"A='it''s' B='two words'\""
+    with pytest.raises(JobShapeError):
+        quote_environment({"BAD NAME": "x"})
+
+
+def test_constraints_and_injection():
+    assert cluster_constraint(["b", "a"]) == 'member(CmsafCluster, {"a", "b"})'
+    assert cluster_constraint(["a"], "worker") == '(member(CmsafCluster, {"a"})) && (CmsafRole == "worker")'
+    with pytest.raises(JobShapeError, match="invalid cluster id"):
+        cluster_constraint(['x" || true || "'])
+    with pytest.raises(JobShapeError, match="invalid owner"):
+        build(owner="alice bob")
+    with pytest.raises(JobShapeError, match="invalid site attribute"):
+        build(JobShape(site="T2_BA", site_attribute="Site) || (true"))
+    assert history_constraint(["12.1", "3.0"]) == "(ClusterId == 12 && ProcId == 1) || (ClusterId == 3 && ProcId == 0)"
+
+
+def ad(job, status, role="worker", cluster="c1", **extra):
+    c, p = job.split(".")
+    return {"ClusterId": int(c), "ProcId": int(p), "JobStatus": status, "CmsafCluster": cluster, "CmsafRole": role, **extra}
+
+
+def test_observations_cover_every_status_history_and_held_limit():
+    known = {"c1": {"5.0": {}, "5.1": {}, "5.2": {}, "5.3": {}, "5.4": {}, "5.5": {}}, "c2": {}}
+    queue = [
+        ad("5.0", 1), ad("5.1", 2), ad("5.2", 5, HoldReason="Disk quota exceeded", EnteredCurrentStatus=1000),
+        ad("5.3", 5, HoldReason="Image not found", EnteredCurrentStatus=100),
+        ad("6.0", 2),  # a worker of c1 the service does not know: reported, to be adopted
+        ad("7.0", 2, cluster="other"),  # not polled: ignored
+        ad("4.0", 2, role="scheduler"),
+    ]
+    history = [ad("5.4", 4, ExitCode=0), ad("5.5", 3, RemoveReason="walltime exceeded")]
+    assert missing_jobs(known, queue) == ["5.4", "5.5"]
+    result = observe(known, queue, history, now=1100, held_limit=600, scheduler_in_queue=True)
+    c1 = result.clusters["c1"]
+    phases = {n: (w.phase, w.reason) for n, w in c1.workers.items()}
+    assert phases == {
+        "5.0": (WorkerPhase.QUEUED, None),
+        "5.1": (WorkerPhase.RUNNING, None),
+        "5.2": (WorkerPhase.HELD, "Disk quota exceeded"),
+        "5.3": (WorkerPhase.FAILED, "removed after being held longer than 600 s: Image not found"),
+        "5.4": (WorkerPhase.EXITED, None),
+        "5.5": (WorkerPhase.FAILED, "removed by HTCondor: walltime exceeded"),
+        "6.0": (WorkerPhase.RUNNING, None),
+    }
+    assert result.remove_held == {"5.3": "removed after being held longer than 600 s: Image not found"}
+    assert c1.scheduler_alive is True
+    c2 = result.clusters["c2"]
+    assert (c2.scheduler_alive, c2.scheduler_reason, c2.workers) == (False, "scheduler job left the queue", {})
+
+
+def test_a_job_gone_from_queue_and_history_is_failed():
+    result = observe({"c1": {"9.0": {}}}, [], [], now=0, held_limit=0, scheduler_in_queue=False)
+    w = result.clusters["c1"].workers["9.0"]
+    assert (w.phase, w.reason) == (WorkerPhase.FAILED, "job left the queue and is not in the schedd's history")
+    assert result.clusters["c1"].scheduler_alive is True
