@@ -30,6 +30,7 @@ class ClusterStatus(str, enum.Enum):
 class ClusterTarget(str, enum.Enum):
     RUNNING = "running"
     STOPPED = "stopped"
+    FAILED = "failed"  # stop everything, then report the cluster failed with its reason
 
 
 class WorkerStatus(str, enum.Enum):

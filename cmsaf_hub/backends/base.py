@@ -41,6 +41,9 @@ class ClusterSpec:
     tokens: dict[str, str] = field(default_factory=dict, repr=False)
     #: What :meth:`Backend.start_scheduler` returned earlier, if anything.
     backend_state: dict[str, Any] = field(default_factory=dict)
+    #: URL path the scheduler's dashboard must serve under (``dask scheduler --dashboard-prefix``),
+    #: so the hub's relay can pass paths through unchanged; "" serves it at the root.
+    dashboard_prefix: str = ""
 
 
 @dataclass

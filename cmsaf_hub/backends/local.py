@@ -40,10 +40,11 @@ from .local_preload import ADDRESS_FILE
 SCHEDULER = "scheduler"
 
 
-def scheduler_command(python: str) -> list[str]:
+def scheduler_command(python: str, dashboard_prefix: str = "") -> list[str]:
     """The scheduler's command line, run in the cluster's directory."""
+    prefix = ["--dashboard-prefix", dashboard_prefix] if dashboard_prefix else []
     return [
-        python, "-m", "distributed.cli.dask_scheduler",
+        python, "-m", "distributed.cli.dask_scheduler", *prefix,
         "--host", "127.0.0.1",
         "--protocol", "tls,wss",
         "--port", "0,0",
@@ -205,7 +206,9 @@ class LocalBackend(Backend):
         if not cluster.tls.get("cert") or not cluster.tls.get("key"):
             raise BackendError("the cluster has no TLS credentials")
         d = await self._in_thread(self._prepare_dir, cluster)
-        proc_state = await self._in_thread(self._spawn, d, SCHEDULER, scheduler_command(self.python), cluster.env)
+        proc_state = await self._in_thread(
+            self._spawn, d, SCHEDULER, scheduler_command(self.python, cluster.dashboard_prefix), cluster.env
+        )
         deadline = time.monotonic() + self.scheduler_start_timeout
         address_file = d / ADDRESS_FILE
         while not address_file.exists():

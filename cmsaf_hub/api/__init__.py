@@ -1,0 +1,1 @@
+"""The cluster service's REST API (``/services/cmsaf/api/v1``): tornado handlers and OpenAPI."""

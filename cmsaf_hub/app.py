@@ -1,0 +1,329 @@
+"""The cluster service: a traitlets application serving the REST API, run by the hub as a service.
+
+It wires the store, the reconciler, the backend and the hub's OAuth together and builds its
+tornado handler list in :meth:`CmsafService.web_handlers` (subclasses add more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Bool, Dict, Float, Integer, Type, Unicode, default
+from traitlets.config import Application, catch_config_error
+
+from .api import clusters as cluster_api
+from .api import misc
+from .backends.base import Backend
+from .backends.local import LocalBackend
+from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys
+from .forwarder import ClusterState, Target, forwarder_handlers
+from .hubapi import HubAPI, HubAPIError
+from .metrics import ServiceMetrics
+from .models import ClusterRecord, ClusterStatus, cluster_model
+from .options import ClusterOptions
+from .probe import client_security
+from .quotas import Limits
+from .reconciler import Reconciler
+from .store import Store
+
+_FORWARDER_STATES = {
+    ClusterStatus.PENDING: ClusterState.STARTING,
+    ClusterStatus.STARTING: ClusterState.STARTING,
+    ClusterStatus.RUNNING: ClusterState.RUNNING,
+}
+
+
+class IndexHandler(HubOAuthenticated, web.RequestHandler):
+    """``/services/cmsaf/``: logs browsers in through the hub, then shows their clusters."""
+
+    def initialize(self, service: "CmsafService") -> None:
+        self.hub_auth = service.hub_auth
+        self.service = service
+
+    async def get(self) -> None:
+        user = await self.hub_auth.get_user(self, sync=False)
+        if user is None:
+            self.redirect(self.get_login_url())
+            return
+        self.redirect(self.service.service_prefix + "api/v1/clusters")
+
+
+class CmsafService(Application):
+    """Owns every user's Dask clusters (docs/cluster-service.md)."""
+
+    name = "cmsaf-service"
+    description = __doc__
+    classes = [Reconciler, Limits, ClusterOptions, LocalBackend]
+    aliases = {
+        "config": "CmsafService.config_file",
+        "db-url": "CmsafService.db_url",
+        "log-level": "Application.log_level",
+    }
+
+    config_file = Unicode(
+        "", help="Python config file to load (traitlets), e.g. cmsaf_service_config.py."
+    ).tag(config=True)
+
+    service_prefix = Unicode(help="URL prefix of the service (from JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+
+    @default("service_prefix")
+    def _default_prefix(self) -> str:
+        return "/" + os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/cmsaf/").strip("/") + "/"
+
+    bind_url = Unicode(help="Where to listen (from JUPYTERHUB_SERVICE_URL).").tag(config=True)
+
+    @default("bind_url")
+    def _default_bind_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    public_url = Unicode(
+        help="""The hub's public URL as users' browsers and clients see it, e.g. https://hub.example/.
+        Cluster dashboard links and scheduler addresses are built from it (from CMSAF_PUBLIC_URL or
+        JUPYTERHUB_PUBLIC_URL; empty gives host-relative links)."""
+    ).tag(config=True)
+
+    @default("public_url")
+    def _default_public_url(self) -> str:
+        return os.environ.get("CMSAF_PUBLIC_URL") or os.environ.get("JUPYTERHUB_PUBLIC_URL", "")
+
+    db_url = Unicode(
+        "sqlite:///cmsaf-service.sqlite",
+        help="SQLAlchemy URL of the service database (SQLite file or postgresql+psycopg://...).",
+    ).tag(config=True)
+
+    crypt_keys = Unicode(
+        help=f"Fernet key(s), ';'-separated (the first encrypts), for per-cluster secrets at rest (env {CRYPT_KEY_ENV})."
+    ).tag(config=True)
+
+    @default("crypt_keys")
+    def _default_crypt_keys(self) -> str:
+        return os.environ.get(CRYPT_KEY_ENV, "")
+
+    backend_class = Type(
+        LocalBackend, klass=Backend, help="The backend class (import string allowed)."
+    ).tag(config=True)
+
+    backend_tokens = Bool(
+        False, help="Give the backend the owner's exchanged tokens (e.g. HTCondor submits as the user)."
+    ).tag(config=True)
+
+    cluster_env = Dict(
+        {}, help="Environment variables for every cluster's scheduler and workers."
+    ).tag(config=True)
+
+    issuer = Unicode(
+        help="The IAM issuer URL reported by GET /tokens (env CMSAF_ISSUER; else from auth_state)."
+    ).tag(config=True)
+
+    @default("issuer")
+    def _default_issuer(self) -> str:
+        return os.environ.get("CMSAF_ISSUER", "")
+
+    max_request_body = Integer(64 * 1024, help="Largest accepted request body, bytes.").tag(config=True)
+    long_poll_max = Float(60, help="Longest a GET /clusters/{id}?wait= may be held, seconds.").tag(config=True)
+    owner_check_interval = Float(
+        60, help="Seconds between checks that cluster owners still exist in the hub (clusters of removed users stop)."
+    ).tag(config=True)
+    user_cache_seconds = Float(30, help="How long the hub's answer about a user (admin, groups) is reused.").tag(
+        config=True
+    )
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        self.secrets = SecretBox(parse_crypt_keys(self.crypt_keys))
+        self.limits = Limits(parent=self)
+        self.cluster_options = ClusterOptions(parent=self)
+        self.cluster_options.for_groups([])  # fail now on a bad option schema
+        self.metrics = ServiceMetrics()
+        self.store = Store(self.db_url, log=self.log)
+        self.backend = self.backend_class(parent=self)
+        self.hub_auth = HubOAuth(parent=self, cache_max_age=60)
+        self.hub = HubAPI(self.hub_auth.api_url, self.hub_auth.api_token, user_cache_seconds=self.user_cache_seconds)
+        self.reconciler = Reconciler(
+            parent=self,
+            backend=self.backend,
+            store=self.store,
+            secrets=self.secrets,
+            tokens_provider=self.owner_tokens if self.backend_tokens else None,
+        )
+        self.reconciler.env_hook = lambda record: dict(self.cluster_env)
+        self.reconciler.dashboard_prefix_hook = self.dashboard_prefix
+        self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self._started = time.time()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- pieces handlers use ---------------------------------------------------------------------
+
+    @property
+    def public_base(self) -> str:
+        return self.public_url.rstrip("/") + self.service_prefix
+
+    def dashboard_prefix(self, cluster_id: str) -> str:
+        return f"{self.service_prefix}clusters/{cluster_id}/dashboard"
+
+    def cluster_model(self, record: ClusterRecord) -> dict[str, Any]:
+        return cluster_model(record, public_base=self.public_base)
+
+    async def hub_user_info(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.hub.user(name)
+        except HubAPIError as e:
+            self.log.error("%s", e)
+            raise web.HTTPError(502, "cannot reach the hub")
+
+    async def owner_tokens(self, owner: str) -> dict[str, str]:
+        auth_state = await self.hub.auth_state(owner) or {}
+        return {
+            name: entry["access_token"]
+            for name, entry in (auth_state.get("exchanged_tokens") or {}).items()
+            if isinstance(entry, dict) and entry.get("access_token")
+        }
+
+    def health(self) -> dict[str, Any]:
+        active = sum(1 for c in self.store.clusters.values() if c.status.active)
+        return {
+            "status": "ok",
+            "backend": type(self.backend).__name__,
+            "clusters_active": active,
+            "uptime_seconds": round(time.time() - self._started, 1),
+        }
+
+    async def forwarder_target(self, cluster_id: str) -> Target | None:
+        """The forwarder's view of a cluster (see cmsaf_hub.forwarder)."""
+        record = self.store.get(cluster_id)
+        if record is None:
+            return None
+        upstream_ssl = None
+        if record.status is ClusterStatus.RUNNING:
+            upstream_ssl = self._ssl_contexts.get(record.id)
+            if upstream_ssl is None:
+                security = client_security(record.tls_cert, self.secrets.decrypt(record.tls_key_encrypted))
+                upstream_ssl = security.get_connection_args("client")["ssl_context"]
+                self._ssl_contexts[record.id] = upstream_ssl
+        else:
+            self._ssl_contexts.pop(record.id, None)
+        return Target(
+            cluster_id=record.id,
+            owner=record.owner,
+            state=_FORWARDER_STATES.get(record.status, ClusterState.STOPPED),
+            scheduler_ws_address=record.backend_state.get("ws_address"),
+            dashboard_address=record.dashboard_address,
+            upstream_ssl=upstream_ssl,
+        )
+
+    # -- web ---------------------------------------------------------------------------------------
+
+    def web_handlers(self) -> list[tuple]:
+        """The tornado URL specs; override or extend to mount more handlers."""
+        api = self.service_prefix + "api/v1/"
+        kw = {"service": self}
+        cid = r"([0-9a-zA-Z_-]{1,64})"
+        return [
+            (self.service_prefix, IndexHandler, kw),
+            (self.service_prefix + "oauth_callback", HubOAuthCallbackHandler),
+            (api + "options", misc.OptionsHandler, kw),
+            (api + "clusters", cluster_api.ClustersHandler, kw),
+            (api + f"clusters/{cid}", cluster_api.ClusterHandler, kw),
+            (api + f"clusters/{cid}/scale", cluster_api.ScaleHandler, kw),
+            (api + f"clusters/{cid}/adapt", cluster_api.AdaptHandler, kw),
+            (api + f"clusters/{cid}/logs", cluster_api.LogsHandler, kw),
+            (api + "tokens", misc.TokensHandler, kw),
+            (api + "health", misc.HealthHandler, kw),
+            (api + "metrics", misc.MetricsHandler, kw),
+            (api + "openapi.json", misc.OpenAPIHandler, kw),
+            *forwarder_handlers(self.service_prefix, self.forwarder_target, self.hub_auth, parent=self),
+            (api + ".*", misc.NotFoundHandler, kw),
+        ]
+
+    def make_web_app(self) -> web.Application:
+        return web.Application(
+            self.web_handlers(),
+            cookie_secret=os.urandom(32),
+            hub_auth=self.hub_auth,
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = self.log.info if status < 400 else self.log.warning
+        if status < 400 and handler.request.method == "GET":
+            level = self.log.debug
+        # request.path, not uri: query strings may carry tokens
+        level("%d %s %s %.1fms", status, handler.request.method, handler.request.path,
+              1000 * handler.request.request_time())  # fmt: skip
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def owner_check_once(self) -> None:
+        owners = {c.owner for c in self.store.clusters.values() if c.status.active}
+        for owner in sorted(owners):
+            try:
+                exists = await self.hub.user(owner, fresh=True) is not None
+            except HubAPIError as e:
+                self.log.warning("Owner check skipped: %s", e)
+                return
+            if not exists:
+                for record in self.store.active_owned_by(owner):
+                    await self.reconciler.request_stop(record, f"owner {owner} was removed from the hub")
+
+    async def _owner_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.owner_check_interval)
+            try:
+                await self.owner_check_once()
+            except Exception:
+                self.log.exception("Owner check failed")
+
+    async def start_service(self) -> None:
+        await self.store.open()
+        await self.backend.start()
+        await self.reconciler.start()
+        url = urlparse(self.bind_url)
+        self.http_server = HTTPServer(self.make_web_app(), xheaders=True, max_body_size=4 * self.max_request_body)
+        self.http_server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self._tasks.append(asyncio.create_task(self._owner_loop(), name="owner-check"))
+        self.log.info(
+            "cmsaf service on %s%s (backend %s, %d clusters known)",
+            self.bind_url.rstrip("/"), self.service_prefix, type(self.backend).__name__, len(self.store.clusters),
+        )  # fmt: skip
+
+    async def stop_service(self) -> None:
+        """Stop serving; clusters keep running (they are re-adopted on the next start)."""
+        self.http_server.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.reconciler.stop()
+        await self.backend.close()
+        await self.store.close()
+        self.log.info("cmsaf service stopped")
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start_service()
+        await stop.wait()
+        await self.stop_service()
+
+    def start(self) -> None:
+        asyncio.run(self.run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = CmsafService.instance()
+    app.initialize(argv)
+    app.start()

@@ -1,0 +1,95 @@
+"""Registering the cluster service in a JupyterHub config (``jupyterhub_config.py`` and tests).
+
+    from cmsaf_hub.hubconfig import cluster_service
+    cluster_service(c, url="http://127.0.0.1:10101", public_url="https://hub.example/",
+                    db_url="sqlite:////srv/cmsaf/service.sqlite")
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from .crypto import CRYPT_KEY_ENV, new_crypt_key
+
+SERVICE_NAME = "cmsaf"
+
+#: What the service's own hub token may do: look users up (admin flag, groups, existence) and
+#: read auth_state for the token endpoint and for backends that submit with the user's tokens.
+SERVICE_SCOPES = ["list:users", "read:users", "read:users:groups", "admin:auth_state"]
+
+BACKENDS = {
+    "local": "cmsaf_hub.backends.local.LocalBackend",
+    "htcondor": "cmsaf_hub.backends.htcondor.HTCondorBackend",
+}
+
+
+def service_command(*, db_url: str, backend: str = "local", python: str = sys.executable,
+                    config_file: str | None = None) -> list[str]:
+    """The service's command line (pure)."""
+    cmd = [python, "-m", "cmsaf_hub", f"--db-url={db_url}"]
+    backend_class = BACKENDS.get(backend, backend)
+    cmd.append(f"--CmsafService.backend_class={backend_class}")
+    if backend == "htcondor":
+        cmd.append("--CmsafService.backend_tokens=True")
+    if config_file:
+        cmd.append(f"--config={config_file}")
+    return cmd
+
+
+def cluster_service(
+    c: Any,
+    *,
+    url: str,
+    public_url: str,
+    db_url: str,
+    backend: str = "local",
+    crypt_key: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    config_file: str | None = None,
+    cwd: str | None = None,
+) -> dict[str, Any]:
+    """Append the managed service ``cmsaf`` and its roles to the JupyterHub config ``c``.
+
+    ``url`` is where the service listens (the hub routes ``/services/cmsaf/`` to it),
+    ``public_url`` the hub's public URL (for dashboard links and scheduler addresses),
+    ``backend`` "local", "htcondor" or a backend class import string. ``crypt_key`` encrypts
+    per-cluster secrets at rest: without it, $CMSAF_SERVICE_CRYPT_KEY is used, else a key is made
+    for this hub process only (clusters then cannot be re-adopted across hub restarts).
+    Every hub user gets ``access:services!service=cmsaf``. Returns the service entry.
+    """
+    key = crypt_key or os.environ.get(CRYPT_KEY_ENV) or new_crypt_key()
+    env = {CRYPT_KEY_ENV: key, "CMSAF_PUBLIC_URL": public_url, **(extra_env or {})}
+    for name in ("PYTHONPATH", "CMSAF_ISSUER"):
+        if name in os.environ and name not in env:
+            env[name] = os.environ[name]
+    service = {
+        "name": SERVICE_NAME,
+        "url": url,
+        "command": service_command(db_url=db_url, backend=backend, config_file=config_file),
+        "environment": env,
+        "oauth_no_confirm": True,
+        "display": True,
+    }
+    if cwd:
+        service["cwd"] = cwd
+    c.JupyterHub.services.append(service)
+    c.JupyterHub.load_roles.append(
+        {"name": f"{SERVICE_NAME}-service", "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]}
+    )
+    _grant_users_access(c.JupyterHub.load_roles, f"access:services!service={SERVICE_NAME}")
+    return service
+
+
+def _grant_users_access(roles: list[dict[str, Any]], scope: str) -> None:
+    """Add ``scope`` to the built-in ``user`` role (creating the override if the config has none).
+
+    ``roles`` is a list, or traitlets' lazy list when the config has not set ``load_roles`` yet.
+    """
+    for role in roles if isinstance(roles, list) else []:
+        if role.get("name") == "user":
+            if scope not in role.setdefault("scopes", ["self"]):
+                role["scopes"].append(scope)
+            return
+    roles.append({"name": "user", "scopes": ["self", scope]})

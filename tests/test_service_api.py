@@ -1,0 +1,106 @@
+"""The cluster service under a real hub with the local backend: real schedulers, real workers."""
+
+import asyncio
+
+import pytest
+from distributed import Client
+
+from cmsaf_hub.probe import client_security
+from tests.service_helpers import start_service_hub
+
+pytestmark = pytest.mark.slow
+
+
+async def test_lifecycle_isolation_and_admin(hub_factory, tmp_path):
+    sh = await start_service_hub(hub_factory, tmp_path, config="c.Limits.max_workers_per_cluster = 3\n")
+    alice_token = await sh.hub.create_user("alice")
+    bob_token = await sh.hub.create_user("bob")
+    admin_token = await sh.hub.create_user("root")  # admin by config
+
+    async with sh.client(alice_token) as alice, sh.client(bob_token) as bob, sh.client(admin_token) as admin:
+        schema = (await alice.get("options")).json()
+        assert schema["properties"]["cores"]["maximum"] == 8
+
+        r = await alice.post("clusters", json={"options": {"workers": 1, "cores": 1, "memory": 1.0}})
+        assert r.status_code == 201, r.text
+        created = r.json()
+        cid = created["id"]
+        assert len(cid) == 32 and created["owner"] == "alice" and created["status"] == "pending"
+        assert created["workers"]["requested"] == 1
+
+        model = await sh.wait_status(alice, cid, "running")
+        assert model["dashboard_link"] == f"{sh.hub.url}services/cmsaf/clusters/{cid}/dashboard/status"
+        assert model["scheduler_address"] == f"ws://127.0.0.1:{sh.hub.url.rsplit(':', 1)[1].rstrip('/')}/services/cmsaf/clusters/{cid}/comm"
+        assert model["started"] is not None
+        await sh.wait_workers(alice, cid, 1)
+
+        # another user cannot tell it exists; the admin sees and lists it
+        assert (await bob.get(f"clusters/{cid}")).status_code == 404
+        assert (await bob.post(f"clusters/{cid}/scale", json={"workers": 2})).status_code == 404
+        assert (await bob.delete(f"clusters/{cid}")).status_code == 404
+        assert (await bob.get("clusters")).json() == []
+        assert (await bob.get("clusters", params={"all": "true"})).status_code == 403
+        rb = await bob.post("clusters", json={"options": {"workers": 0}})
+        assert rb.status_code == 201
+        everyone = {c["owner"] for c in (await admin.get("clusters", params={"all": "true"})).json()}
+        assert everyone == {"alice", "bob"}
+        assert (await admin.get(f"clusters/{cid}")).json()["owner"] == "alice"
+
+        # compute on the local backend's workers (direct TLS, with the cluster's credentials)
+        record = await _record(sh, cid)
+        async with Client(record["address"], security=client_security(record["cert"], record["key"]),
+                          asynchronous=True, timeout=30) as client:
+            assert await client.submit(lambda x: x * 2, 21) == 42
+
+            # scale up beyond the cap: clamped, and the answer says so
+            r = await alice.post(f"clusters/{cid}/scale", json={"workers": 5})
+            assert r.status_code == 200
+            assert r.json()["workers"]["requested"] == 3
+            assert "max_workers_per_cluster" in r.json()["clamped"]
+            await sh.wait_workers(alice, cid, 3)
+            await client.wait_for_workers(3, timeout=60)
+            assert sum(await asyncio.gather(*[client.submit(lambda i: i, i) for i in range(10)])) == 45
+
+            r = await alice.post(f"clusters/{cid}/scale", json={"workers": 1})
+            assert r.json()["clamped"] is None
+            await sh.wait_workers(alice, cid, 1)
+
+            r = await alice.post(f"clusters/{cid}/adapt", json={"minimum": 2, "maximum": 3})
+            assert r.json()["adapt"] == {"minimum": 2, "maximum": 3}
+            await sh.wait_workers(alice, cid, 2)
+
+        logs = (await alice.get(f"clusters/{cid}/logs")).json()
+        assert "Scheduler at" in logs["scheduler"]
+        assert record["key"] not in str(logs)
+
+        r = await alice.delete(f"clusters/{cid}")
+        assert r.status_code == 200
+        model = await sh.wait_status(alice, cid, "stopped")
+        assert model["reason"] == "stopped by its owner" and model["stopped"]
+        assert model["workers"]["running"] == 0 and model["dashboard_link"] is None
+        assert (await alice.delete(f"clusters/{cid}")).status_code == 200  # idempotent
+        assert (await alice.post(f"clusters/{cid}/scale", json={"workers": 1})).status_code == 409
+
+        metrics = await admin.get("metrics")
+        assert 'cmsaf_clusters{status="stopped"} 1.0' in metrics.text
+        assert (await alice.get("metrics")).status_code == 403
+
+    log = sh.hub.log_text()
+    assert record["key"].splitlines()[1] not in log
+    assert alice_token not in log
+
+
+async def _record(sh, cid):
+    """The scheduler address and the cluster's TLS material, read from the service database."""
+    import sqlalchemy as sa
+
+    from cmsaf_hub.crypto import SecretBox, parse_crypt_keys
+
+    engine = sa.create_engine(f"sqlite:///{sh.service_dir / 'service.sqlite'}")
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("select scheduler_address, tls_cert, tls_key_encrypted from clusters where id=:i"),
+                           {"i": cid}).one()
+    engine.dispose()
+    box = SecretBox(parse_crypt_keys(sh.crypt_key))
+    assert b"PRIVATE KEY" not in row[2]
+    return {"address": row[0], "cert": row[1], "key": box.decrypt(row[2])}
