@@ -65,7 +65,8 @@ c.GenericOAuthenticator.login_service = "CMS IAM"
 c.GenericOAuthenticator.scope = ["openid", "profile", "email", "offline_access", "wlcg", "wlcg.groups"]
 c.GenericOAuthenticator.username_claim = "preferred_username"
 c.GenericOAuthenticator.manage_groups = True
-c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.wlcg.groups"
+# "wlcg.groups" holds a dot, so a dotted key path cannot name it.
+c.GenericOAuthenticator.auth_state_groups_key = lambda auth_state: auth_state["oauth_user"].get("wlcg.groups", [])
 c.GenericOAuthenticator.allowed_groups = set(setting("ALLOWED_GROUPS", "/cms").split())
 c.GenericOAuthenticator.admin_groups = set(setting("ADMIN_GROUPS", "/cms/admins").split())
 c.GenericOAuthenticator.enable_auth_state = True
@@ -76,3 +77,5 @@ if CA_FILE:
 c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = str(STATE_DIR / "home" / "{username}")
 c.Spawner.default_url = "/lab"
+# The session runs from the hub's own Python environment (the venv the demo installs).
+c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]

@@ -74,7 +74,7 @@ def test_config_names_a_missing_required_setting(tmp_path):
 @pytest.mark.slow
 async def test_alice_logs_in_through_the_idp_and_groups_are_mirrored(hub_factory):
     hub = await hub_factory()
-    session = await login_via_iam(hub, "alice", "alice-password")
+    session = await login_via_iam(hub, "alice", "alice-password", next_url="/hub/home")
     async with session:
         landed = session.login_response
         assert landed.status_code == 200
@@ -116,7 +116,7 @@ async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_p
             output += line.decode()
         assert f"http://127.0.0.1:{port}/" in output
         assert re.search(r"alice\s+password alice-password", output)
-        ca = tmp_path / "pki" / "ca.pem"
+        ca = tmp_path / "iam" / "pki" / "ca.pem"
         async with httpx.AsyncClient(verify=trusting(ca), follow_redirects=True, timeout=30) as http:
             page = await http.get(f"http://127.0.0.1:{port}/hub/oauth_login")
         assert page.status_code == 200

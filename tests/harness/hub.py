@@ -23,6 +23,8 @@ c.JupyterHub.load_roles.append({{
                "read:users", "groups", "list:services", "read:services"],
     "services": [{ADMIN_SERVICE!r}],
 }})
+# Granting admin rights to users needs the admin role itself.
+c.JupyterHub.load_roles.append({{"name": "admin", "services": [{ADMIN_SERVICE!r}]}})
 """
 
 

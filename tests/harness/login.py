@@ -43,6 +43,10 @@ class HubSession(httpx.AsyncClient):
 
     login_response: httpx.Response | None = None
 
+    async def __aenter__(self) -> "HubSession":
+        # The login already opened the client; ``async with`` only owns its closing.
+        return self
+
 
 def trusting(ca_cert: Path) -> ssl.SSLContext:
     """Trust the dev CA explicitly (never turn verification off)."""
