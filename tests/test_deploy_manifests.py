@@ -565,3 +565,36 @@ def test_admin_guide_links_the_per_part_documents():
     for doc in ("architecture.md", "authenticator.md", "spawners.md", "cluster-service.md", "htcondor.md",
                 "proxy.md", "client.md", "user-guide.md"):
         assert f"]({doc})" in guide
+
+
+# --- the user guide's commands and imports are real ---------------------------------------------------
+
+USER_GUIDE = REPO / "docs" / "user-guide.md"
+
+
+def test_user_guide_cli_commands_exist():
+    from cmsaf_hub.cli import build_parser
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    used = re.findall(r"^cmsaf-dask (?:--\S+ )*([a-z]+)", USER_GUIDE.read_text(), re.M)
+    assert len(used) >= 6
+    assert set(used) <= set(subcommands), set(used) - set(subcommands)
+
+
+def test_user_guide_python_names_exist():
+    import importlib
+
+    text = USER_GUIDE.read_text()
+    imports = re.findall(r"^\s*from (cmsaf_hub[\w.]*) import ([\w, ]+)$", text, re.M)
+    assert imports
+    for module, names in imports:
+        loaded = importlib.import_module(module)
+        for name in names.split(","):
+            assert hasattr(loaded, name.strip()), f"{module}.{name.strip()}"
+    from cmsaf_hub.client import Hub, HubCluster
+
+    for method in re.findall(r"\bhub\.(\w+)\(|Hub\(\)\.(\w+)\(", text):
+        assert hasattr(Hub, "".join(method)), method
+    for method in re.findall(r"\bcluster\.(\w+)\(|HubCluster\.(\w+)\(", text):
+        assert hasattr(HubCluster, "".join(method)), method
