@@ -377,8 +377,12 @@ def test_service_is_registered_where_the_proxy_and_command_find_it():
     assert any(port in [p["port"] for p in rule["ports"]] for rule in hub["networkPolicy"]["ingress"])
     assert any(port in [p["port"] for p in rule["ports"]]
                for rule in VALUE_SETS["values"]["proxy"]["chp"]["networkPolicy"]["egress"])
-    assert service["command"][0] == "cmsaf-service"
-    config_path = service["command"][1].split("=", 1)[1]
+    from cmsaf_hub.app import CmsafService
+
+    assert service["command"][:3] == ["python3", "-m", "cmsaf_hub"]  # cmsaf_hub/__main__.py
+    assert (REPO / "cmsaf_hub" / "__main__.py").exists()
+    flag, _, config_path = service["command"][3].partition("=")
+    assert CmsafService.aliases[flag.lstrip("-")] == "CmsafService.config_file"
     assert hub["extraFiles"]["cmsaf-service-config"]["mountPath"] == config_path
 
 
