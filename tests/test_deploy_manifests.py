@@ -386,6 +386,14 @@ def test_service_is_registered_where_the_proxy_and_command_find_it():
     assert hub["extraFiles"]["cmsaf-service-config"]["mountPath"] == config_path
 
 
+def test_service_entries_are_jupyterhub_service_fields():
+    from jupyterhub.services.service import Service
+
+    fields = set(Service.class_trait_names()) | {"apiToken"}  # the chart renames apiToken
+    for name, service in VALUE_SETS["values"]["hub"]["services"].items():
+        assert set(service) <= fields, f"hub.services.{name}: {set(service) - fields}"
+
+
 def test_roles_use_real_scopes_and_give_the_service_what_it_needs():
     from jupyterhub.scopes import _check_scopes_exist
 
