@@ -110,14 +110,14 @@ def facility_url(path: str, *, check_token: bool = True, token_file: str | os.Pa
     return f"{server.rstrip('/')}/{path}"
 
 
-def read_bytes(path: str, *, timeout: int = 60) -> bytes:
+def read_bytes(path: str, *, check_token: bool = True, timeout: int = 60) -> bytes:
     """Read a whole file through XRootD with the ``BEARER_TOKEN_FILE`` token.
 
     A refusal becomes StorageAccessError carrying the server's reason; nothing is retried.
     """
     from XRootD import client  # the XRootD Python bindings (PyPI: xrootd)
 
-    url = facility_url(path)
+    url = facility_url(path, check_token=check_token)
     with client.File() as f:
         status, _ = f.open(url, timeout=timeout)
         if not status.ok:

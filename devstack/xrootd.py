@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +68,9 @@ def hashed_ca_dir(ca_cert: Path, directory: Path) -> Path:
     return directory
 
 
-def scitokens_config(issuer: str, base_path: str, audience: str = WLCG_AUDIENCE) -> str:
-    """The SciTokens authorisation plugin's config: one trusted issuer mapped onto ``base_path``."""
+def scitokens_config(issuer: str, base_path: str = "/", audience: str = WLCG_AUDIENCE) -> str:
+    """The SciTokens authorisation plugin's config: one trusted issuer whose scope paths start at
+    ``base_path``. With ``/``, ``storage.read:/store/user/alice`` means exactly that namespace path."""
     return (
         "[Global]\n"
         f"audience = {audience}\n\n"
@@ -124,9 +126,11 @@ def cache_config(port: int, export: str, origin: str, cache_root: Path, run_dir:
 def _chown_tree(path: Path, user: str = XROOTD_USER) -> None:
     pw = pwd.getpwnam(user)
     for root, dirs, files in os.walk(path):
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        for name in files:
-            os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+        for entry in [root, *(os.path.join(root, name) for name in files)]:
+            try:
+                os.lchown(entry, pw.pw_uid, pw.pw_gid)
+            except FileNotFoundError:  # a server's own runtime files may come and go
+                pass
 
 
 def _free_port() -> int:
@@ -152,14 +156,15 @@ class XRootDServer:
 
     @property
     def log_path(self) -> Path:
-        return self.work_dir / f"{self.name}.log"
+        # With ``-n NAME`` xrootd writes its log into a NAME/ subdirectory of the one given.
+        return self.work_dir / self.name / f"{self.name}.log"
 
     async def start(self, timeout: float = 20.0) -> None:
         cfg = self.work_dir / f"{self.name}.cfg"
         cfg.write_text(self.config_text)
         _chown_tree(self.work_dir)
         self.proc = await asyncio.create_subprocess_exec(
-            "xrootd", "-R", XROOTD_USER, "-n", self.name, "-c", str(cfg), "-l", str(self.log_path),
+            "xrootd", "-R", XROOTD_USER, "-n", self.name, "-c", str(cfg), "-l", str(self.work_dir / f"{self.name}.log"),
             env={**os.environ, **self.env}, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
         )
@@ -200,9 +205,12 @@ class XRootDServer:
 
 @dataclass
 class DataStack:
-    """An origin exporting ``/store`` and an XCache in front of it, both trusting one issuer."""
+    """An origin exporting ``/store`` and an XCache in front of it, both trusting one issuer.
 
-    work_dir: Path
+    Everything the servers read is copied into a fresh directory of their own that the ``xrootd``
+    user can reach (test and state directories are usually private to root); ``stop()`` removes it.
+    """
+
     issuer: str
     ca_cert: Path
     server_cert: Path
@@ -212,7 +220,8 @@ class DataStack:
     export: str = "/store"
 
     def __post_init__(self) -> None:
-        self.work_dir = Path(self.work_dir)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="cmsaf-xrootd-"))
+        os.chmod(self.work_dir, 0o755)
         self.data_root = self.work_dir / "origin-data"
         self.cache_root = self.work_dir / "cache-data"
         self.origin: XRootDServer | None = None
@@ -221,13 +230,14 @@ class DataStack:
     def _security(self, run_dir: Path) -> str:
         tls_dir = run_dir / "tls"
         tls_dir.mkdir(parents=True, exist_ok=True)
-        cert, key = tls_dir / "server.pem", tls_dir / "server-key.pem"
+        cert, key, ca = tls_dir / "server.pem", tls_dir / "server-key.pem", tls_dir / "ca.pem"
+        shutil.copyfile(self.ca_cert, ca)
         shutil.copyfile(self.server_cert, cert)
         shutil.copyfile(self.server_key, key)
         os.chmod(key, 0o600)
         scitokens_cfg = run_dir / "scitokens.cfg"
-        scitokens_cfg.write_text(scitokens_config(self.issuer, self.export))
-        return security_directives(cert, key, self.ca_cert, scitokens_cfg)
+        scitokens_cfg.write_text(scitokens_config(self.issuer))
+        return security_directives(cert, key, ca, scitokens_cfg)
 
     def store_path(self, path: str) -> Path:
         """Where a file published as ``path`` (e.g. ``/store/x.root``) lives on the origin's disk."""
@@ -268,3 +278,4 @@ class DataStack:
         for server in (self.cache, self.origin):
             if server:
                 await server.stop()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
