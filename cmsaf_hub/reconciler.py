@@ -263,7 +263,10 @@ class Reconciler(LoggingConfigurable):
             obs = observations.get(spec.id)
             if record is None or obs is None or record.status is not ClusterStatus.RUNNING:
                 continue
+            if self.queue.processing(record.id):
+                continue  # its worker records are changing right now; the next poll will see them
             await self.apply_observation(record, obs)
+            await self._stop_strays(record, obs)
 
     async def apply_observation(self, record: ClusterRecord, obs) -> None:
         """Fold one bulk-poll observation into the cluster's worker records."""
@@ -310,6 +313,14 @@ class Reconciler(LoggingConfigurable):
             )
         elif changed or len(record.live_workers()) != record.worker_target:
             self.enqueue(record.id)
+
+    async def _stop_strays(self, record: ClusterRecord, obs) -> None:
+        """Stop workers the backend runs for this cluster that the service has no record of."""
+        live = (WorkerPhase.QUEUED, WorkerPhase.HELD, WorkerPhase.RUNNING)
+        strays = {n: {} for n, o in obs.workers.items() if n not in record.workers and o.phase in live}
+        if strays and record.status is ClusterStatus.RUNNING and not self.queue.processing(record.id):
+            self.log.warning("Cluster %s: stopping %d workers the service has no record of", record.id, len(strays))
+            await self.backend.stop_workers(await self.spec(record), strays)
 
     async def check_activity(self) -> None:
         """Adaptivity, idle culling, maximum lifetime, and forgetting old stopped clusters."""

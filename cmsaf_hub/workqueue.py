@@ -46,6 +46,9 @@ class WorkQueue:
         self._processing.add(key)
         return key
 
+    def processing(self, key: str) -> bool:
+        return key in self._processing
+
     def backoff(self, key: str) -> float:
         """Delay before retrying ``key`` after its latest failure."""
         return min(self.backoff_max, self.backoff_base * 2 ** (self._failures[key] - 1))

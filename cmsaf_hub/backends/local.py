@@ -254,11 +254,14 @@ class LocalBackend(Backend):
 
     def _stop_workers_sync(self, cluster: ClusterSpec, workers: dict[str, dict[str, Any]]) -> None:
         d = self._dir(cluster.id)
+        registry = self._registry(d)
         procs = []
         for name, state in workers.items():
             self._stopping.add((cluster.id, name))
             if "pid" in state:
                 procs.append((state["pid"], state.get("create_time", 0.0)))
+            elif name in registry and name != SCHEDULER:
+                procs.append(registry[name])
         self._signal_all(procs)
         for name in workers:
             (d / "pids" / name).unlink(missing_ok=True)
@@ -280,9 +283,17 @@ class LocalBackend(Backend):
                 elif (cluster.id, name) in self._stopping:
                     workers[name] = WorkerObservation(name, WorkerPhase.EXITED)
                 else:
-                    last = _tail(self._dir(cluster.id) / "logs" / f"{name}.log", 300).strip().splitlines()
+                    d = self._dir(cluster.id)
+                    last = _tail(d / "logs" / f"{name}.log", 300).strip().splitlines()
                     detail = f": {last[-1]}" if last else ""
                     workers[name] = WorkerObservation(name, WorkerPhase.FAILED, f"worker process exited{detail}")
+                    # the dead process leaves the registry (its log stays for `logs`)
+                    (d / "pids" / name).unlink(missing_ok=True)
+                    shutil.rmtree(d / "workers" / name, ignore_errors=True)
+            # processes the service does not list (e.g. submitted just before a service crash)
+            for name, (pid, create_time) in self._registry(self._dir(cluster.id)).items():
+                if name != SCHEDULER and name not in workers and _alive(pid, create_time):
+                    workers[name] = WorkerObservation(name, WorkerPhase.RUNNING, "not known to the service")
             observations[cluster.id] = ClusterObservation(
                 scheduler_alive=alive,
                 scheduler_reason=None if alive else "the scheduler process is gone",

@@ -1,0 +1,100 @@
+"""Service restarts (the hub restarts its managed service) and dying workers, with real processes."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+from distributed import Client
+
+from cmsaf_hub.probe import client_security
+from tests.service_helpers import start_service_hub
+from tests.test_service_api import _record
+
+pytestmark = pytest.mark.slow
+
+
+def service_pid(sh) -> int:
+    db = str(sh.service_dir / "service.sqlite")
+    pids = [p.pid for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and "cmsaf_hub" in p.info["cmdline"] and any(db in a for a in p.info["cmdline"])]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+async def restart_service(sh, sig=signal.SIGKILL) -> None:
+    """Kill the service; the hub starts it again (JupyterHub restarts managed services that exit)."""
+    old = service_pid(sh)
+    os.kill(old, sig)
+    psutil.Process(old).wait(30) if psutil.pid_exists(old) else None
+    await sh.wait_ready(timeout=90)
+    assert service_pid(sh) != old
+
+
+def plant_orphan(state_dir) -> subprocess.Popen:
+    """A cluster the backend holds but the database does not: a directory with a live process."""
+    d = state_dir / "0rphan"
+    (d / "pids").mkdir(parents=True)
+    (d / "logs").mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    (d / "pids" / "scheduler").write_text(f"{proc.pid} {psutil.Process(proc.pid).create_time()}")
+    return proc
+
+
+async def test_restart_readopts_resumes_and_cleans_orphans(hub_factory, tmp_path):
+    sh = await start_service_hub(hub_factory, tmp_path)
+    token = await sh.hub.create_user("alice")
+    async with sh.client(token) as alice:
+        cid = (await alice.post("clusters", json={"options": {"workers": 2}})).json()["id"]
+        before = await sh.wait_status(alice, cid, "running")
+        await sh.wait_workers(alice, cid, 2)
+        record = await _record(sh, cid)
+        scheduler_pid = _registry_pids(sh, cid)["scheduler"]
+        orphan = plant_orphan(sh.service_dir / "cmsaf-local-clusters")
+
+        # an unfinished transition: the target changes, the service dies right after answering
+        assert (await alice.post(f"clusters/{cid}/scale", json={"workers": 3})).status_code == 200
+        await restart_service(sh)
+
+        after = await sh.wait_workers(alice, cid, 3)
+        assert after["status"] == "running" and after["started"] == before["started"]
+        assert _registry_pids(sh, cid)["scheduler"] == scheduler_pid  # same scheduler, re-adopted
+        assert orphan.wait(30) is not None  # the orphan's process was stopped...
+        assert not (sh.service_dir / "cmsaf-local-clusters" / "0rphan").exists()  # ...and its files removed
+
+        async with Client(record["address"], security=client_security(record["cert"], record["key"]),
+                          asynchronous=True, timeout=30) as client:
+            await client.wait_for_workers(3, timeout=60)
+            assert await client.submit(sum, range(10)) == 45
+            assert len(client.scheduler_info()["workers"]) == 3  # no stray duplicates
+
+        # a worker dies: reported as failed and replaced to meet the target
+        victim = next(n for n in _registry_pids(sh, cid) if n != "scheduler")
+        os.kill(_registry_pids(sh, cid)[victim], signal.SIGKILL)
+        for _ in range(300):
+            model = (await alice.get(f"clusters/{cid}")).json()
+            if model["workers"]["failed"] == 1 and model["workers"]["running"] == 3:
+                break
+            await _sleep(0.2)
+        assert model["workers"]["failed"] == 1 and model["workers"]["running"] == 3, model["workers"]
+        assert victim not in _registry_pids(sh, cid)
+
+        # a graceful stop (SIGTERM) keeps clusters too
+        await restart_service(sh, signal.SIGTERM)
+        assert (await alice.get(f"clusters/{cid}")).json()["status"] == "running"
+        assert (await alice.delete(f"clusters/{cid}")).status_code == 200
+        await sh.wait_status(alice, cid, "stopped")
+        assert not psutil.pid_exists(scheduler_pid) or psutil.Process(scheduler_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _registry_pids(sh, cid) -> dict[str, int]:
+    d = sh.service_dir / "cmsaf-local-clusters" / cid / "pids"
+    return {p.name: int(p.read_text().split()[0]) for p in d.iterdir()}
+
+
+async def _sleep(s):
+    import asyncio
+
+    await asyncio.sleep(s)
