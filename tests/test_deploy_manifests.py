@@ -610,3 +610,57 @@ def test_user_guide_python_names_exist():
         assert hasattr(Hub, "".join(method)), method
     for method in re.findall(r"\bcluster\.(\w+)\(|HubCluster\.(\w+)\(", text):
         assert hasattr(HubCluster, "".join(method)), method
+
+
+# --- the HTCondor configuration, read by HTCondor's own parser ----------------------------------------
+
+CONDOR_ROLES = {  # role -> settings that role must end up with
+    "cm": {"DAEMON_LIST": "MASTER, SHARED_PORT, COLLECTOR, NEGOTIATOR"},
+    "schedd": {"DAEMON_LIST": "MASTER, SHARED_PORT, SCHEDD", "CERTIFICATE_MAPFILE_ASSUME_HASH_KEYS": True,  # typed: HTCondor knows it as a boolean
+               "CERTIFICATE_MAPFILE": "/etc/cmsaf-condor/config/mapfile",
+               "SEC_DEFAULT_AUTHENTICATION_METHODS": "FS, IDTOKENS, SCITOKENS"},
+    "execute-point": {"SINGULARITY_BIND_EXPR": '"/cvmfs"', "CCB_ADDRESS": "cmsaf-condor-cm:9618"},
+}
+
+READ_PARAMS = """
+import json, sys
+import htcondor2
+print(json.dumps({name: htcondor2.param.get(name) for name in sys.argv[1:]}))
+"""
+
+
+@pytest.mark.parametrize("role", CONDOR_ROLES)
+def test_condor_config_parses_with_htcondor(role, tmp_path):
+    """Pool + role files, installed in start.sh's order, as the htcondor2 bindings read them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = condor_configmap()["data"]
+    config_dir = tmp_path / "config.d"
+    config_dir.mkdir()
+    (config_dir / "90-cmsaf-pool.conf").write_text(data["90-cmsaf-pool.conf"])
+    (config_dir / f"91-cmsaf-{role}.conf").write_text(data[f"90-cmsaf-{role}.conf"])
+    (tmp_path / "condor_config").write_text(f"LOCAL_CONFIG_DIR = {config_dir}\n")
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("_condor_")}
+    env["CONDOR_CONFIG"] = str(tmp_path / "condor_config")
+    expected = CONDOR_ROLES[role]
+    result = subprocess.run([sys.executable, "-c", READ_PARAMS, *expected], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr  # HTCondor exits on a syntax error
+    assert json.loads(result.stdout.splitlines()[-1]) == expected
+
+
+def test_condor_start_script_is_valid_and_every_role_has_its_config():
+    import subprocess
+
+    data = condor_configmap()["data"]
+    check = subprocess.run(["bash", "-n"], input=data["start.sh"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    roles = [d["spec"]["template"]["spec"]["containers"][0]["command"] for _, d in MANIFESTS
+             if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"].startswith("cmsaf-condor")]
+    assert len(roles) == 2
+    for command in roles:
+        assert command[:2] == ["/bin/bash", "/etc/cmsaf-condor/config/start.sh"]
+        assert f"90-cmsaf-{command[2]}.conf" in data
