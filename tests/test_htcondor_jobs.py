@@ -161,7 +161,7 @@ def ad(job, status, role="worker", cluster="c1", **extra):
 
 
 def test_observations_cover_every_status_history_and_held_limit():
-    known = {"c1": {"5.0": {}, "5.1": {}, "5.2": {}, "5.3": {}, "5.4": {}, "5.5": {}}, "c2": {}}
+    known = {"c1": {"5.0": {}, "5.1": {}, "5.2": {}, "5.3": {}, "5.4": {}, "5.5": {}, "5.6": {}}, "c2": {}}
     queue = [
         ad("5.0", 1), ad("5.1", 2), ad("5.2", 5, HoldReason="Disk quota exceeded", EnteredCurrentStatus=1000),
         ad("5.3", 5, HoldReason="Image not found", EnteredCurrentStatus=100),
@@ -169,8 +169,9 @@ def test_observations_cover_every_status_history_and_held_limit():
         ad("7.0", 2, cluster="other"),  # not polled: ignored
         ad("4.0", 2, role="scheduler"),
     ]
-    history = [ad("5.4", 4, ExitCode=0), ad("5.5", 3, RemoveReason="walltime exceeded")]
-    assert missing_jobs(known, queue) == ["5.4", "5.5"]
+    history = [ad("5.4", 4, ExitCode=0), ad("5.5", 3, RemoveReason="walltime exceeded"),
+               ad("5.6", 3, RemoveReason="cmsaf: scaled down")]
+    assert missing_jobs(known, queue) == ["5.4", "5.5", "5.6"]
     result = observe(known, queue, history, now=1100, held_limit=600, scheduler_in_queue=True)
     c1 = result.clusters["c1"]
     phases = {n: (w.phase, w.reason) for n, w in c1.workers.items()}
@@ -181,6 +182,7 @@ def test_observations_cover_every_status_history_and_held_limit():
         "5.3": (WorkerPhase.FAILED, "removed after being held longer than 600 s: Image not found"),
         "5.4": (WorkerPhase.EXITED, None),
         "5.5": (WorkerPhase.FAILED, "removed by HTCondor: walltime exceeded"),
+        "5.6": (WorkerPhase.EXITED, None),  # our own removal is not a failure
         "6.0": (WorkerPhase.RUNNING, None),
     }
     assert result.remove_held == {"5.3": "removed after being held longer than 600 s: Image not found"}

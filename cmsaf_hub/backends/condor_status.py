@@ -13,6 +13,9 @@ from typing import Any
 from .base import ClusterObservation, WorkerObservation, WorkerPhase
 from .condor_jobs import ATTR_CLUSTER, ATTR_ROLE, ROLE_SCHEDULER, ROLE_WORKER, job_id
 
+#: Prefix of the RemoveReason of every removal the backend asks for (not a failure when seen later).
+REMOVED_BY_US = "cmsaf: "
+
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = 1, 2, 3, 4, 5, 6, 7
 
 #: JobStatus of a job still in the queue -> phase.
@@ -61,6 +64,8 @@ def phase_of_finished(ad: Mapping[str, Any] | None) -> tuple[WorkerPhase, str | 
     if status == COMPLETED:
         return WorkerPhase.FAILED, f"exited with code {ad.get('ExitCode')}"
     reason = ad.get("RemoveReason") or ad.get("HoldReason")
+    if isinstance(reason, str) and reason.startswith(REMOVED_BY_US):
+        return WorkerPhase.EXITED, None
     return WorkerPhase.FAILED, f"removed by HTCondor: {reason}" if reason else "removed by HTCondor"
 
 

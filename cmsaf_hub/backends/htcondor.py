@@ -42,7 +42,7 @@ from .condor_jobs import (
 )
 from .condor_retire import retire_workers
 from .condor_seam import SERVICE_IDENTITY, CondorSeam, IdentityProcesses, SeamError
-from .condor_status import history_constraint, missing_jobs, observe, phase_of_queued
+from .condor_status import REMOVED_BY_US, history_constraint, missing_jobs, observe, phase_of_queued
 
 #: The scheduler job's preload, shipped into its sandbox as a file (read once, at import).
 PRELOAD_SOURCE = Path(condor_scheduler_preload.__file__).read_text()
@@ -345,7 +345,7 @@ class HTCondorBackend(Backend):
         return [SubmittedWorker(name=job, backend_state={"job": job}) for job in jobs]
 
     async def _remove(self, cluster: ClusterSpec, schedd: str | None, spec: list[str] | str, reason: str) -> None:
-        await self._as_owner(cluster, "removing jobs", "act", schedd, "Remove", spec, f"cmsaf: {reason}")
+        await self._as_owner(cluster, "removing jobs", "act", schedd, "Remove", spec, REMOVED_BY_US + reason)
 
     async def stop_workers(self, cluster: ClusterSpec, workers: dict[str, dict[str, Any]]) -> None:
         if not workers:
@@ -446,10 +446,11 @@ class HTCondorBackend(Backend):
         return [ad["Name"] for ad in ads if ad.get("Name")] or [None]
 
     async def list_cluster_ids(self) -> set[str]:
-        """Clusters with jobs in any schedd (needs ``service_token_file``; else none are listed)."""
+        """Clusters with jobs in any schedd (needs ``service_token_file``) or a local scheduler."""
+        local = await self.scheduler_backend.list_cluster_ids() if self.scheduler_backend is not None else set()
         if not self.service_token_file:
             self.log.warning("No service_token_file: cannot list other users' jobs; orphans exit via death timeout")
-            return set()
+            return local
         try:
             for schedd in await self._listing_schedds():
                 ads = await self.processes.call(SERVICE_IDENTITY, None, "query", schedd, any_cluster_constraint(),
@@ -458,15 +459,19 @@ class HTCondorBackend(Backend):
                     self._owners[ad[ATTR_CLUSTER]] = (ad.get(ATTR_OWNER), schedd)
         except SeamError as e:
             raise seam_error("listing clusters", e) from None
-        return set(self._owners)
+        return set(self._owners) | local
 
     async def remove_cluster_resources(self, cluster_id: str) -> None:
         """Remove an orphan's jobs as its owner when that owner's token is known, else as the service."""
+        if self.scheduler_backend is not None:
+            await self.scheduler_backend.remove_cluster_resources(cluster_id)
+        if cluster_id not in self._owners and not self.service_token_file:
+            return
         owner, schedd = self._owners.get(cluster_id, (None, self.schedd_name or None))
         constraint = f"{ATTR_CLUSTER} == {classad_string(check_name('cluster id', cluster_id))}"
         identity, token = (owner, self._tokens[owner]) if owner in self._tokens else (SERVICE_IDENTITY, None)
         try:
-            await self.processes.call(identity, token, "act", schedd, "Remove", constraint, "cmsaf: orphaned cluster")
+            await self.processes.call(identity, token, "act", schedd, "Remove", constraint, REMOVED_BY_US + "orphaned cluster")
         except SeamError as e:
             raise seam_error(f"removing the jobs of orphaned cluster {cluster_id}", e) from None
         self._owners.pop(cluster_id, None)

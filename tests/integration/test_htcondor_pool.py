@@ -1,0 +1,236 @@
+"""HTCondorBackend on a real personal HTCondor pool with SciTokens from the dev IAM.
+
+Skipped (with the reason) where ``condor_master`` is not on PATH; see conftest.py. Every cluster a
+test creates is stopped at teardown, as its owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+import jwt
+import pytest
+from distributed import Client
+
+from cmsaf_hub.backends.base import ClusterSpec, WorkerPhase
+from cmsaf_hub.backends.condor_retire import cluster_security
+from cmsaf_hub.backends.condor_seam import SERVICE_IDENTITY
+from cmsaf_hub.backends.htcondor import HTCondorBackend
+from cmsaf_hub.backends.local import LocalBackend
+from cmsaf_hub.crypto import generate_cluster_tls
+from cmsaf_hub.token_push import push_tokens
+
+pytestmark = [pytest.mark.htcondor, pytest.mark.slow]
+
+PHASE_TIMEOUT = 180
+
+
+class Harness:
+    """Makes backends and clusters on the pool; remembers them for teardown."""
+
+    def __init__(self, pool, tmp_path):
+        self.pool = pool
+        self.tmp = tmp_path
+        self.backends: list[HTCondorBackend] = []
+        self.clusters: list[ClusterSpec] = []
+
+    async def backend(self, **traits) -> HTCondorBackend:
+        await self.pool.refresh_service_token()
+        settings = dict(
+            schedd_name=self.pool.schedd_name, condor_config=self.pool.condor_config,
+            service_token_file=str(self.pool.service_token_file), state_dir=str(self.tmp / f"client-{len(self.backends)}"),
+            python=sys.executable, sites=["T2_TEST"], status_interval=1.0,
+        )
+        settings.update(traits)
+        backend = HTCondorBackend(**settings)
+        if backend.scheduler_placement == "service":
+            backend.scheduler_backend = LocalBackend(state_dir=str(self.tmp / "schedulers"), python=sys.executable)
+        await backend.start()
+        self.backends.append(backend)
+        return backend
+
+    async def cluster(self, owner: str, cid: str, **options) -> ClusterSpec:
+        token_dir = self.tmp / f"{cid}-scheduler-tokens"
+        token_dir.mkdir(mode=0o700)
+        spec = ClusterSpec(id=cid, owner=owner, options={"cores": 1, "memory": 0.5, **options},
+                           env={"CMSAF_TOKEN_DIR": str(token_dir)},
+                           tls=generate_cluster_tls(cid).as_dict(), tokens={"condor": await self.pool.token(owner)})
+        self.clusters.append(spec)
+        return spec
+
+    async def fresh(self, spec: ClusterSpec) -> ClusterSpec:
+        spec.tokens = {"condor": await self.pool.token(spec.owner)}
+        return spec
+
+    async def close(self) -> None:
+        if self.backends:
+            backend = self.backends[-1]
+            for spec in self.clusters:
+                await backend.stop_cluster(await self.fresh(spec))
+        for backend in self.backends:
+            await backend.close()
+
+
+@pytest.fixture
+async def harness(condor_pool, tmp_path):
+    h = Harness(condor_pool, tmp_path)
+
+    async def keep_service_token_fresh():  # the service's read identity, like a deployment's cron
+        while True:
+            await asyncio.sleep(condor_pool.iam.lifetimes["access_token"] / 3)
+            await condor_pool.refresh_service_token()
+
+    refresher = asyncio.create_task(keep_service_token_fresh())
+    yield h
+    refresher.cancel()
+    await condor_pool.refresh_service_token()
+    await h.close()
+
+
+def track(spec: ClusterSpec, workers) -> None:
+    spec.backend_state.setdefault("workers", {}).update({w.name: w.backend_state for w in workers})
+
+
+async def wait_phase(backend, spec, phase: WorkerPhase, names=None, timeout=PHASE_TIMEOUT):
+    """Poll until the named workers (default: all tracked) are in ``phase``; return the observation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obs = (await backend.poll([spec]))[spec.id]
+        wanted = names or list(spec.backend_state.get("workers", {}))
+        if all(n in obs.workers and obs.workers[n].phase is phase for n in wanted):
+            return obs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workers {wanted} not {phase.value}: {obs.workers}")
+        await asyncio.sleep(2)
+
+
+def worker_names(dask_scheduler) -> list[str]:
+    return sorted(str(ws.name) for ws in dask_scheduler.workers.values())
+
+
+async def start(backend, spec):
+    info = await backend.start_scheduler(spec)
+    spec.backend_state = dict(info.backend_state)
+    return info
+
+
+async def queue(backend, constraint, projection):
+    return await backend.processes.call(SERVICE_IDENTITY, None, "query", backend.schedd_name, constraint, projection)
+
+
+async def test_create_compute_scale_up_and_down_retires_the_exact_workers(harness):
+    backend = await harness.backend()
+    spec = await harness.cluster("alice", "it-scale")
+    info = await start(backend, spec)
+    first = await backend.submit_workers(spec, 2)
+    track(spec, first)
+    await wait_phase(backend, spec, WorkerPhase.RUNNING)
+    async with Client(info.address, security=cluster_security(spec.tls), asynchronous=True) as client:
+        await client.wait_for_workers(2)
+        assert await client.submit(sum, [1, 2, 3]) == 6
+        assert await client.run_on_scheduler(worker_names) == sorted(w.name for w in first)
+
+        more = await backend.submit_workers(await harness.fresh(spec), 2)
+        track(spec, more)
+        await client.wait_for_workers(4)
+        retire = {first[0].name: first[0].backend_state, more[1].name: more[1].backend_state}
+        await backend.stop_workers(await harness.fresh(spec), retire)
+        assert await client.run_on_scheduler(worker_names) == sorted([first[1].name, more[0].name])
+    obs = await wait_phase(backend, spec, WorkerPhase.EXITED, names=list(retire))
+    assert obs.workers[first[1].name].phase is WorkerPhase.RUNNING
+
+
+async def test_held_job_is_surfaced_then_removed_with_its_reason(harness):
+    backend = await harness.backend(held_timeout=0)
+    spec = await harness.cluster("alice", "it-held")
+    spec.backend_state = {"schedd": backend.schedd_name, "scheduler_address": "tls://127.0.0.1:9"}
+    [worker] = await backend.submit_workers(spec, 1)
+    track(spec, [worker])
+    await backend.processes.call("alice", spec.tokens["condor"], "act", backend.schedd_name, "Hold", [worker.name],
+                                 "integration test hold")
+    obs = await wait_phase(backend, spec, WorkerPhase.HELD)
+    assert "integration test hold" in obs.workers[worker.name].reason
+    backend.held_timeout = 1
+    await asyncio.sleep(2)
+    obs = (await backend.poll([spec]))[spec.id]
+    assert obs.workers[worker.name].phase is WorkerPhase.FAILED
+    assert obs.workers[worker.name].reason == "removed after being held longer than 1 s: integration test hold"
+    assert await queue(backend, f"ClusterId == {worker.name.split('.')[0]}", ["JobStatus"]) in ([], [{"JobStatus": 3}])
+
+
+async def test_service_restart_adopts_known_clusters_and_removes_orphans(harness):
+    first = await harness.backend()
+    keep = await harness.cluster("alice", "it-keep")
+    orphan = await harness.cluster("bob", "it-orphan")
+    for spec in (keep, orphan):
+        await start(first, spec)
+        track(spec, await first.submit_workers(spec, 1))
+        await wait_phase(first, spec, WorkerPhase.RUNNING)
+    await first.close()  # a service restart: clusters keep running
+    harness.backends.remove(first)
+
+    second = await harness.backend()
+    assert {"it-keep", "it-orphan"} <= await second.list_cluster_ids()
+    await second.remove_cluster_resources("it-orphan")
+    obs = await wait_phase(second, await harness.fresh(keep), WorkerPhase.RUNNING)
+    assert obs.scheduler_alive
+    assert await queue(second, 'CmsafCluster == "it-orphan" && JobStatus != 3', ["ClusterId"]) == []
+    assert "it-orphan" not in await second.scheduler_backend.list_cluster_ids()  # its local scheduler too
+    harness.clusters.remove(orphan)
+
+
+async def test_interleaved_users_own_their_jobs(harness):
+    backend = await harness.backend()
+    submitted = []
+    for i, owner in enumerate(["alice", "bob", "alice", "bob", "alice"]):
+        spec = await harness.cluster(owner, f"it-owner-{i}")
+        spec.backend_state = {"schedd": backend.schedd_name, "scheduler_address": "tls://127.0.0.1:9"}
+        submitted += [(owner, w.name) for w in await backend.submit_workers(spec, 2)]
+    ads = await queue(backend, 'regexp("^it-owner-", CmsafCluster)', ["ClusterId", "ProcId", "Owner", "CmsafOwner"])
+    owners = {f"{ad['ClusterId']}.{ad['ProcId']}": ad["Owner"] for ad in ads}
+    assert owners == dict((name, owner) for owner, name in submitted)
+    assert all(ad["Owner"] == ad["CmsafOwner"] for ad in ads)
+
+
+async def test_scheduler_as_a_job_publishes_its_address_and_serves_workers(harness):
+    backend = await harness.backend(scheduler_placement="htcondor")
+    spec = await harness.cluster("bob", "it-schedjob", site="T2_TEST")
+    info = await start(backend, spec)
+    assert spec.backend_state["scheduler_job"] and info.address.startswith("tls://")
+    track(spec, await backend.submit_workers(await harness.fresh(spec), 1))
+    await wait_phase(backend, spec, WorkerPhase.RUNNING)
+    async with Client(info.address, security=cluster_security(spec.tls), asynchronous=True) as client:
+        await client.wait_for_workers(1)
+        assert await client.submit(lambda x: x * 2, 21) == 42
+
+
+def read_token(target_dir_env: str = "CMSAF_TOKEN_DIR") -> str:
+    with open(os.path.join(os.environ[target_dir_env], "condor.token")) as f:
+        return f.read()
+
+
+async def test_tokens_are_refreshed_in_a_cluster_that_outlives_two_token_lifetimes(harness):
+    lifetime = harness.pool.iam.lifetimes["access_token"]
+    backend = await harness.backend()
+    spec = await harness.cluster("alice", "it-refresh")
+    info = await start(backend, spec)
+    track(spec, await backend.submit_workers(spec, 1))
+    await wait_phase(backend, spec, WorkerPhase.RUNNING)
+    security = cluster_security(spec.tls)
+    began, latest = time.time(), None
+    while time.time() - began < 2.2 * lifetime:
+        latest = await harness.pool.token("alice")
+        result = await push_tokens(info.address, security, {"condor": latest})
+        assert result.ok, result.failed
+        await asyncio.sleep(lifetime / 3)
+    async with Client(info.address, security=security, asynchronous=True) as client:
+        on_workers = await client.run(read_token)
+        on_scheduler = await client.run_on_scheduler(read_token)
+    assert set(on_workers.values()) == {latest} and on_scheduler == latest
+    assert jwt.decode(latest, options={"verify_signature": False})["exp"] > time.time()
+    # the worker's job still runs, and HTCondor still answers the owner with the newest token
+    obs = await wait_phase(backend, await harness.fresh(spec), WorkerPhase.RUNNING)
+    assert obs.scheduler_alive
