@@ -107,7 +107,7 @@ def origin_config(port: int, export: str, data_root: Path, run_dir: Path, securi
 
 
 def cache_config(port: int, export: str, origin: str, cache_root: Path, run_dir: Path, security: str,
-                 ram: str = "1g") -> str:
+                 ram: str = "1g", blocksize: str = "16m") -> str:
     """An XCache (proxy + file cache) in front of ``origin`` (``roots://host:port``)."""
     return (
         f"xrd.port {port}\n"
@@ -117,6 +117,7 @@ def cache_config(port: int, export: str, origin: str, cache_root: Path, run_dir:
         f"pss.origin {origin}\n"
         f"oss.localroot {cache_root}\n"
         f"pfc.ram {ram}\n"
+        f"pfc.blocksize {blocksize}\n"
         f"all.adminpath {run_dir}\n"
         f"all.pidpath {run_dir}\n"
         f"{security}"
