@@ -174,6 +174,20 @@ def test_session_image_points_dask_labextension_at_hubcluster():
     cls = re.search(r"DASK_LABEXTENSION__FACTORY__CLASS=(\S+)", env).group(1)
     # the extension imports exactly this; it must be the project's cluster class
     assert getattr(importlib.import_module(module), cls).__module__.startswith("cmsaf_hub.client")
+    from spawners.delivery import TokenDeliveryMixin  # what the spawner sets per session
+
+    traits = TokenDeliveryMixin.class_traits()
+    assert (traits["dask_factory_module"].default_value, traits["dask_factory_class"].default_value) == (
+        module, cls)
+
+
+def test_session_user_matches_the_deployments_uid_and_gid():
+    import yaml
+
+    runs = " ".join(args for op, args in final_stage(IMAGES / "session" / "Dockerfile") if op == "RUN")
+    uid, gid = re.search(r"useradd --uid (\d+) --gid (\d+)", runs).groups()
+    singleuser = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())["singleuser"]
+    assert (int(uid), int(gid)) == (singleuser["uid"], singleuser["fsGid"])
 
 
 # --- the Rucio JupyterLab extension's start-up configuration ---------------------------------------
