@@ -341,6 +341,17 @@ def test_authenticator_accepts_the_configured_values():
     assert authenticator.issuer.endswith("/")
 
 
+def test_spawn_page_profiles_build_from_the_values():
+    from spawners.profiles import build_profile_list
+
+    spawner = VALUE_SETS["values"]["hub"]["config"]["IAMKubeSpawner"]
+    profiles = build_profile_list(spawner["session_sizes"], spawner["session_images"], allow_custom_image=False)
+    assert [p["slug"] for p in profiles] == [size["slug"] for size in spawner["session_sizes"]]
+    images = {i["image"] for i in spawner["session_images"].values()}
+    session = VALUE_SETS["values"]["singleuser"]["image"]
+    assert f"{session['name']}:{session['tag']}" in images  # the default image is on offer
+
+
 def service_config(tmp_path, monkeypatch) -> Config:
     (tmp_path / "db-password").write_text("db-secret\n")
     (tmp_path / "crypt-key").write_text("lPl3QbHDnAvU4AMvK6ieH9uyzIb9iWd2aFQ0aTzo_dY=\n")
