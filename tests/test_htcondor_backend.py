@@ -235,3 +235,36 @@ async def test_restart_lists_clusters_and_removes_orphans_as_their_owner_when_kn
     assert gone["args"] == ["schedd@pool", "Remove", 'CmsafCluster == "gone"', "cmsaf: orphaned cluster"]
     assert gone["token"] == TOKENS["alice"]["condor"]
     assert lost["token"] == "jwt-of-the-read-only-service"  # carol's token is unknown here
+
+
+@pytest.mark.slow
+async def test_service_placement_runs_the_local_backends_scheduler_beside_the_service(tmp_path):
+    from cmsaf_hub.backends.local import LocalBackend
+    from cmsaf_hub.crypto import generate_cluster_tls
+
+    record = tmp_path / "record"
+    record.mkdir()
+    b = HTCondorBackend(scheduler_placement="service", schedd_name="schedd@pool", state_dir=str(tmp_path / "state"),
+                        seam_factory=functools.partial(RecordingSeam, str(record)))
+    b.scheduler_backend = LocalBackend(state_dir=str(tmp_path / "local"))
+    await b.start()
+    try:
+        cluster = spec("svc")
+        cluster.tls = generate_cluster_tls("svc").as_dict()
+        info = await b.start_scheduler(cluster)
+        assert info.address.startswith("tls://127.0.0.1:")
+        state = info.backend_state
+        assert (state["placement"], state["schedd"], state["scheduler_address"]) == ("service", "schedd@pool", info.address)
+        assert state["ws_address"].startswith("wss://127.0.0.1:")  # what the hub's relay needs, unchanged
+        cluster.backend_state = dict(state)
+        await b.submit_workers(cluster, 2)
+        [submit] = [c for c in recorded_calls(record) if c["method"] == "submit"]
+        assert info.address in submit["args"][1]["arguments"]
+        assert (await b.poll([cluster]))["svc"].scheduler_alive
+        await b.stop_cluster(spec("svc", tokens=False, state=state))
+        act = [c for c in recorded_calls(record) if c["method"] == "act"][-1]
+        assert act["args"][1:3] == ["Remove", 'member(CmsafCluster, {"svc"})']
+        observed = (await b.poll([cluster]))["svc"]
+        assert not observed.scheduler_alive and observed.scheduler_reason == "the scheduler process is gone"
+    finally:
+        await b.close()

@@ -1,0 +1,230 @@
+"""A personal HTCondor pool with SciTokens authentication against the dev IAM (tests and benchmarks).
+
+Runs wherever ``condor_master`` is on PATH (as root: the pool runs jobs as the mapped local users)
+and skips with the reason otherwise. The pool (collector, negotiator, schedd, startd on 127.0.0.1)
+lives in a temporary directory; the schedd proves itself with the dev PKI's host certificate and maps
+``<issuer>,<sub>`` of the dev IAM's users to local users through a mapfile written before the
+daemons start (they read it once). The schedd fetches the issuer's keys with the system trust store,
+so the dev CA is installed there for the duration of the session (see docs/htcondor.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.iam import DEFAULT_USERS_FILE, DevIAM
+from devstack.pki import ensure_dev_pki
+from tests.integration.iam_tokens import client_registration, condor_token
+
+#: Hub users the tests submit as; ``cmsafsvc`` is the service's read-only (and orphan-removing) identity.
+POOL_USERS = ["alice", "bob", "cmsafsvc"]
+SYSTEM_CA_DIR = Path("/usr/local/share/ca-certificates")
+POOL_START_TIMEOUT = 120
+
+
+def skip_reason() -> str | None:
+    if shutil.which("condor_master") is None:
+        return "condor_master is not on PATH: no HTCondor pool can be started here"
+    if os.geteuid() != 0:
+        return "the personal HTCondor pool must run as root (it runs jobs as alice and bob)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def users_file(target: Path) -> Path:
+    """The dev IAM's users plus the service identity (a /cms member, so it gets compute scopes)."""
+    data = json.loads(DEFAULT_USERS_FILE.read_text())
+    data["users"].append({"username": "cmsafsvc", "password": "cmsafsvc-password",
+                          "sub": "c0ffee00-0000-4000-8000-00000000c0de", "name": "cmsaf service",
+                          "given_name": "cmsaf", "family_name": "service", "email": "svc@cms-af.example",
+                          "groups": ["/cms"]})
+    target.write_text(json.dumps(data))
+    return target
+
+
+def mapfile_lines(issuer: str, subs: dict[str, str]) -> str:
+    """SciTokens lines of the CERTIFICATE_MAPFILE: ``<issuer>,<sub>`` -> local user."""
+    escaped = re.escape(issuer).replace("/", r"\/")
+    return "".join(f"SCITOKENS /^{escaped},{re.escape(sub)}$/ {user}\n" for user, sub in subs.items())
+
+
+def condor_config(local: Path, *, port: int, cert: Path, key: Path, mapfile: Path) -> str:
+    return f"""
+LOCAL_DIR = {local}
+LOG = $(LOCAL_DIR)/log
+SPOOL = $(LOCAL_DIR)/spool
+EXECUTE = $(LOCAL_DIR)/execute
+LOCK = $(LOCAL_DIR)/lock
+RUN = $(LOCAL_DIR)/run
+DAEMON_LIST = MASTER, COLLECTOR, NEGOTIATOR, SCHEDD, STARTD
+CONDOR_HOST = 127.0.0.1
+COLLECTOR_HOST = 127.0.0.1:{port}
+NETWORK_INTERFACE = 127.0.0.1
+USE_SHARED_PORT = False
+MACHINE_RESOURCE_INVENTORY_GPUs =
+UID_DOMAIN = cmsaf.test
+TRUST_UID_DOMAIN = True
+SCHEDD_NAME = cmsaf-test-schedd
+NUM_CPUS = 4
+MEMORY = 8192
+NUM_SLOTS = 1
+NUM_SLOTS_TYPE_1 = 1
+SLOT_TYPE_1 = 100%
+SLOT_TYPE_1_PARTITIONABLE = True
+START = True
+SUSPEND = False
+PREEMPT = False
+KILL = False
+SiteName = "T2_TEST"
+STARTD_ATTRS = $(STARTD_ATTRS) SiteName
+NEGOTIATOR_INTERVAL = 2
+NEGOTIATOR_CYCLE_DELAY = 1
+SCHEDD_INTERVAL = 2
+UPDATE_INTERVAL = 2
+SCHEDD_MIN_INTERVAL = 1
+STARTER_UPDATE_INTERVAL = 2
+SEC_DEFAULT_AUTHENTICATION_METHODS = FS, SCITOKENS
+SEC_CLIENT_AUTHENTICATION_METHODS = FS, SCITOKENS
+AUTH_SSL_SERVER_CERTFILE = {cert}
+AUTH_SSL_SERVER_KEYFILE = {key}
+CERTIFICATE_MAPFILE = {mapfile}
+CERTIFICATE_MAPFILE_ASSUME_HASH_KEYS = True
+ALLOW_READ = *
+ALLOW_WRITE = *
+ALLOW_DAEMON = *
+ALLOW_NEGOTIATOR = *
+ALLOW_ADMINISTRATOR = root@*
+QUEUE_SUPER_USERS = root, condor, cmsafsvc
+ENABLE_CHIRP = True
+"""
+
+
+def ensure_local_users(users: list[str]) -> list[str]:
+    """Create the local accounts the mapfile names; returns those created here."""
+    created = []
+    for user in users:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", user], check=True)
+            created.append(user)
+    return created
+
+
+def trust_ca(ca_cert: Path) -> Path:
+    target = SYSTEM_CA_DIR / "cmsaf-integration-dev-ca.crt"
+    SYSTEM_CA_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ca_cert, target)
+    subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
+    return target
+
+
+@dataclass
+class Pool:
+    """A running personal pool and how clients reach it."""
+
+    iam: DevIAM
+    local_dir: Path
+    schedd_name: str
+    condor_config: dict[str, str]
+    service_token_file: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    async def token(self, user: str) -> str:
+        return await condor_token(self.iam, user)
+
+    async def refresh_service_token(self) -> Path:
+        """Write a fresh token of the service identity (tokens here live seconds, not hours)."""
+        token = await self.token("cmsafsvc")
+        tmp = self.service_token_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        os.replace(tmp, self.service_token_file)
+        return self.service_token_file
+
+
+def _wait_for_schedd(env: dict[str, str], name: str) -> None:
+    """Ask the collector (through the bindings, in a child) until the schedd and startd are there."""
+    probe = (
+        "import htcondor2, sys\n"
+        "c = htcondor2.Collector()\n"
+        f"s = c.query(htcondor2.AdType.Schedd, 'Name == \"{name}\"', ['Name'])\n"
+        "m = c.query(htcondor2.AdType.Startd, 'true', ['Name'])\n"
+        "sys.exit(0 if s and m else 1)\n"
+    )
+    deadline = time.monotonic() + POOL_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the personal pool's schedd {name} did not appear in {POOL_START_TIMEOUT} s")
+
+
+@contextlib.contextmanager
+def personal_pool(token_lifetime: int = 30) -> Iterator[Pool]:
+    """Start the pool (and its dev IAM) in a temporary directory; stop and clean everything after."""
+    work = Path(tempfile.mkdtemp(prefix="cmsaf-condor-pool-"))
+    os.chmod(work, 0o755)  # job owners must traverse to their sandboxes
+    iam = DevIAM(work / "iam", users_file=users_file(work / "users.json"), clients=[client_registration()],
+                 access_token_lifetime=token_lifetime)
+    iam.start_blocking()
+    created, ca_link, master = [], None, None
+    try:
+        ca_link = trust_ca(iam.ca_cert)
+        created = ensure_local_users(POOL_USERS)
+        local = work / "condor"
+        for sub in ("log", "spool", "execute", "lock", "run"):
+            (local / sub).mkdir(parents=True)
+        os.chmod(local / "execute", 0o755)
+        pki = ensure_dev_pki(iam.state_dir)  # the same CA and host certificate the dev IAM serves
+        mapfile = local / "mapfile"
+        mapfile.write_text(mapfile_lines(iam.issuer, {u: iam.user(u)["sub"] for u in POOL_USERS}))
+        config_path = local / "condor_config"
+        port = free_port()
+        config_path.write_text(condor_config(local, port=port, cert=pki.server_cert, key=pki.server_key,
+                                             mapfile=mapfile))
+        server_env = {**os.environ, "CONDOR_CONFIG": str(config_path)}
+        master = subprocess.Popen(["condor_master", "-f"], env=server_env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_for_schedd(server_env, "cmsaf-test-schedd")
+        client_config = {
+            "COLLECTOR_HOST": f"127.0.0.1:{port}",
+            "SEC_CLIENT_AUTHENTICATION_METHODS": "SCITOKENS",
+            "AUTH_SSL_CLIENT_CAFILE": str(iam.ca_cert),
+        }
+        yield Pool(iam=iam, local_dir=local, schedd_name="cmsaf-test-schedd", condor_config=client_config,
+                   service_token_file=work / "cmsafsvc.token", env=server_env)
+    finally:
+        if master is not None:
+            master.terminate()
+            try:
+                master.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(master.pid, 9)
+                master.wait()
+        iam.stop_blocking()
+        if ca_link is not None:
+            ca_link.unlink(missing_ok=True)
+            subprocess.run(["update-ca-certificates", "--fresh"], capture_output=True)
+        for user in created:
+            subprocess.run(["userdel", user], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
