@@ -105,7 +105,12 @@ async def test_survives_a_new_backend_instance_and_orphans_are_removed(backend, 
 
     restarted = LocalBackend(state_dir=backend.state_dir)
     obs = (await restarted.poll([spec]))[spec.id]
-    assert obs.scheduler_alive and obs.workers[worker.name].phase is WorkerPhase.RUNNING
+    assert obs.scheduler_alive and obs.workers[worker.name].phase in (WorkerPhase.QUEUED, WorkerPhase.RUNNING)
+    # queued until the worker's log shows it registered with the scheduler
+    obs = await poll_until(restarted, spec, lambda o: o.workers[worker.name].phase is WorkerPhase.RUNNING)
+    # a worker the service does not list is still reported, so the service can stop it
+    unlisted = (await restarted.poll([ClusterSpec(id=spec.id, owner="bob", options={}, backend_state=info.backend_state)]))
+    assert unlisted[spec.id].workers[worker.name].reason == "not known to the service"
     assert await restarted.list_cluster_ids() == {spec.id}
     await restarted.remove_cluster_resources(spec.id)
     obs = await poll_until(backend, spec, lambda o: not o.scheduler_alive)

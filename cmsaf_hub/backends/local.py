@@ -38,6 +38,8 @@ from .base import (
 from .local_preload import ADDRESS_FILE
 
 SCHEDULER = "scheduler"
+#: What `dask worker` logs once its scheduler accepted it.
+REGISTERED_MARK = "Registered to:"
 
 
 def scheduler_command(python: str, dashboard_prefix: str = "") -> list[str]:
@@ -78,6 +80,14 @@ def _alive(pid: int, create_time: float) -> bool:
         return abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _head(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _tail(path: Path, limit: int) -> str:
@@ -122,6 +132,8 @@ class LocalBackend(Backend):
         #: Children started by this service process, reaped so they do not linger as zombies.
         self._children: dict[int, subprocess.Popen] = {}
         self._stopping: set[tuple[str, str]] = set()
+        #: Workers whose log showed they registered with their scheduler.
+        self._registered: set[tuple[str, str]] = set()
 
     # -- helpers (all blocking: called in an executor) ----------------------------------------------
 
@@ -279,7 +291,7 @@ class LocalBackend(Backend):
             workers = {}
             for name, state in (cluster.backend_state.get("workers") or {}).items():
                 if "pid" in state and _alive(state["pid"], state.get("create_time", 0.0)):
-                    workers[name] = WorkerObservation(name, WorkerPhase.RUNNING)
+                    workers[name] = WorkerObservation(name, self._worker_phase(cluster.id, name))
                 elif (cluster.id, name) in self._stopping:
                     workers[name] = WorkerObservation(name, WorkerPhase.EXITED)
                 else:
@@ -287,6 +299,7 @@ class LocalBackend(Backend):
                     last = _tail(d / "logs" / f"{name}.log", 300).strip().splitlines()
                     detail = f": {last[-1]}" if last else ""
                     workers[name] = WorkerObservation(name, WorkerPhase.FAILED, f"worker process exited{detail}")
+                    self._registered.discard((cluster.id, name))
                     # the dead process leaves the registry (its log stays for `logs`)
                     (d / "pids" / name).unlink(missing_ok=True)
                     shutil.rmtree(d / "workers" / name, ignore_errors=True)
@@ -301,6 +314,15 @@ class LocalBackend(Backend):
             )
         return observations
 
+    def _worker_phase(self, cluster_id: str, name: str) -> WorkerPhase:
+        """A live worker process is QUEUED until its log says it registered with the scheduler."""
+        key = (cluster_id, name)
+        if key not in self._registered:
+            if REGISTERED_MARK not in _head(self._dir(cluster_id) / "logs" / f"{name}.log", self.log_tail_bytes):
+                return WorkerPhase.QUEUED
+            self._registered.add(key)
+        return WorkerPhase.RUNNING
+
     async def poll(self, clusters: list[ClusterSpec]) -> dict[str, ClusterObservation]:
         return await self._in_thread(self._poll_sync, clusters)
 
@@ -314,6 +336,7 @@ class LocalBackend(Backend):
         if remove:
             shutil.rmtree(d, ignore_errors=True)
             self._stopping = {k for k in self._stopping if k[0] != cluster_id}
+            self._registered = {k for k in self._registered if k[0] != cluster_id}
         else:
             for name in registry:
                 (d / "pids" / name).unlink(missing_ok=True)

@@ -1,0 +1,124 @@
+"""The reconciler with a real store and real local Dask processes (no hub): lifetimes and failures."""
+
+import asyncio
+import time
+
+import pytest
+
+from cmsaf_hub.backends.local import LocalBackend
+from cmsaf_hub.crypto import SecretBox, generate_cluster_tls, new_crypt_key, parse_crypt_keys
+from cmsaf_hub.models import ClusterRecord, ClusterStatus
+from cmsaf_hub.reconciler import Reconciler
+from cmsaf_hub.store import Store
+from cmsaf_hub.workqueue import WorkQueue
+
+
+@pytest.fixture
+async def rig(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    box = SecretBox(parse_crypt_keys(new_crypt_key()))
+    backends = []
+
+    async def make(*, env=None, **traits):
+        backend = LocalBackend(state_dir=str(tmp_path / "clusters"), stop_grace=2)
+        backends.append(backend)
+        rec = Reconciler(backend=backend, store=store, secrets=box, poll_interval=0.2, activity_interval=0.3,
+                         backoff_base=0.1, **traits)
+        rec.env_hook = lambda record: dict(env or {})
+        await rec.start()
+        return rec
+
+    async def create(rec, workers=0):
+        tls = generate_cluster_tls("x")
+        record = ClusterRecord(id=f"c{time.time_ns()}", owner="alice", options={"workers": workers, "cores": 1,
+                               "memory": 1.0}, created=time.time(), worker_target=workers,
+                               tls_cert=tls.cert, tls_key_encrypted=box.encrypt(tls.key))
+        await store.add(record)
+        rec.enqueue(record.id)
+        return record
+
+    yield make, create, store
+    for backend in backends:
+        for cid in await backend.list_cluster_ids():
+            await backend.remove_cluster_resources(cid)
+    await store.close()
+
+
+async def until(predicate, timeout=60):
+    for _ in range(int(timeout / 0.1)):
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+@pytest.mark.slow
+async def test_idle_culling_and_max_lifetime(rig):
+    make, create, store = rig
+    rec = await make(idle_timeout=1.5, max_lifetime=600)
+    try:
+        record = await create(rec)
+        await until(lambda: record.status is ClusterStatus.RUNNING)
+        await until(lambda: not record.status.active, timeout=30)
+        assert record.status is ClusterStatus.STOPPED
+        assert record.reason == "idle for more than 1.5 s"
+    finally:
+        await rec.stop()
+
+    rec = await make(max_lifetime=1)
+    try:
+        record = await create(rec)
+        await until(lambda: not record.status.active, timeout=30)
+        assert record.status is ClusterStatus.STOPPED and record.reason == "reached the maximum lifetime of 1 s"
+    finally:
+        await rec.stop()
+
+
+@pytest.mark.slow
+async def test_worker_failures_in_a_row_fail_the_cluster(rig):
+    make, create, store = rig
+    # workers import a preload that does not exist and die at start; the scheduler is unaffected
+    rec = await make(worker_failure_limit=3, env={"DASK_DISTRIBUTED__WORKER__PRELOAD": '["no_such_module_xyz"]'})
+    try:
+        record = await create(rec, workers=2)
+        await until(lambda: record.status is ClusterStatus.FAILED, timeout=90)
+        assert record.reason.startswith("3 worker failures in a row; last: worker process exited")
+        assert record.workers_failed_total >= 3 and not record.workers
+    finally:
+        await rec.stop()
+    reloaded = Store(store.url)
+    await reloaded.open()
+    assert reloaded.get(record.id).status is ClusterStatus.FAILED and reloaded.get(record.id).reason == record.reason
+    await reloaded.close()
+
+
+async def test_scheduler_start_failure_fails_after_retries(rig):
+    make, create, store = rig
+    rec = await make(start_attempts=2)
+    rec.backend.python = "/bin/false"
+    try:
+        record = await create(rec)
+        await until(lambda: record.status is ClusterStatus.FAILED, timeout=30)
+        assert record.reason.startswith("the scheduler could not start: the scheduler exited while starting")
+    finally:
+        await rec.stop()
+
+
+async def test_work_queue_dedupes_and_backs_off():
+    q = WorkQueue(backoff_base=0.05, backoff_max=0.1)
+    q.put("a"), q.put("a"), q.put("b")
+    assert len(q) == 2
+    assert await q.get() == "a"
+    q.put("a")  # while processing: runs again after done
+    assert len(q) == 1
+    q.done("a")
+    assert len(q) == 2
+    assert await q.get() == "b" and await q.get() == "a"
+    q.done("b")
+    q.done("a", failed=True)
+    assert q.failures("a") == 1 and len(q) == 0
+    assert await asyncio.wait_for(q.get(), 1) == "a"  # retried after the backoff
+    q.done("a", failed=True)
+    assert q.backoff("a") == 0.1  # capped
+    q.close()
