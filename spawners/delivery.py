@@ -11,15 +11,30 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
+from tornado import web
 from traitlets import Dict, Unicode
 from traitlets.config import Configurable
 
 from .tokens import (
+    InvalidTokenBundle,
+    MissingAuthState,
     SessionSettings,
     SessionToken,
     session_env,
     session_tokens_from_auth_state,
 )
+
+try:  # JupyterHub >= 6: a policy refusal, relayed to the user without a traceback
+    from jupyterhub.spawner import SpawnException
+except ImportError:  # JupyterHub 5: a plain HTTPError is relayed to the user the same way
+    SpawnException = None
+
+
+def spawn_refusal(message: str, reason: str) -> web.HTTPError:
+    """The exception that puts ``message`` on the spawn page / in the REST reply (HTTP 400)."""
+    if SpawnException is not None:
+        return SpawnException(message, reason=reason)
+    return web.HTTPError(400, message, reason=reason)
 
 
 class TokenDeliveryMixin(Configurable):
@@ -114,9 +129,12 @@ class TokenDeliveryMixin(Configurable):
     session_token_names: tuple[str, ...] = ()
 
     async def load_session_tokens(self) -> dict[str, SessionToken]:
-        """The exchanged tokens from ``auth_state``; raises ``MissingAuthState`` without it."""
+        """The exchanged tokens from ``auth_state``; a spawn refusal (clear message) without them."""
         auth_state = await self.user.get_auth_state()
-        tokens = session_tokens_from_auth_state(auth_state, self.user.name)
+        try:
+            tokens = session_tokens_from_auth_state(auth_state, self.user.name)
+        except (MissingAuthState, InvalidTokenBundle) as e:
+            raise spawn_refusal(str(e), reason="auth_state") from None
         if not tokens:
             self.log.warning(
                 "%s has no exchanged tokens: the session starts without token files",

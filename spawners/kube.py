@@ -30,8 +30,8 @@ from kubespawner import KubeSpawner
 from kubespawner.utils import get_k8s_model
 from traitlets import Dict, Int, List, Unicode, default
 
-from .delivery import TokenDeliveryMixin
-from .profiles import build_profile_list, check_image, custom_image_choice
+from .delivery import TokenDeliveryMixin, spawn_refusal
+from .profiles import ImageNotAllowed, build_profile_list, check_image, custom_image_choice
 from .tokens import token_files
 
 TOKEN_VOLUME = "cmsaf-tokens"
@@ -191,8 +191,12 @@ class IAMKubeSpawner(TokenDeliveryMixin, KubeSpawner):
         return user_options
 
     async def load_user_options(self) -> None:
-        self.check_user_options(self.user_options or {})
-        await super().load_user_options()
+        """Apply the chosen profile; bad choices (REST or form) become a clear spawn refusal."""
+        try:
+            self.check_user_options(self.user_options or {})
+            await super().load_user_options()
+        except (ImageNotAllowed, ValueError) as e:
+            raise spawn_refusal(str(e), reason="options") from None
 
     # --- manifests (pure given the spawner's configuration) ---
 
@@ -262,6 +266,7 @@ class IAMKubeSpawner(TokenDeliveryMixin, KubeSpawner):
         self.log.info("Token Secret %s/%s deleted", self.namespace, self.token_secret_name)
 
     async def _start(self):
+        await self.load_user_options()  # refuse bad options before creating anything
         tokens = await self.load_session_tokens()
         if self.enable_user_namespaces:
             await self._ensure_namespace()

@@ -56,6 +56,12 @@ class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
         as fresh as the spawn).""",
     ).tag(config=True)
 
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        # The hub's own jupyterhub-singleuser, so sessions work without the venv on PATH.
+        beside_hub = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
+        return [beside_hub] if os.path.exists(beside_hub) else ["jupyterhub-singleuser"]
+
     @default("session_wrapper")
     def _default_session_wrapper(self) -> list[str]:
         return [sys.executable, "-m", "spawners.session", "--"]
@@ -63,6 +69,13 @@ class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
     @default("token_dir")
     def _default_token_dir(self) -> str:
         return os.path.join(self.session_root, "{username}", "{servername}", "tokens")
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        if self.run_as_hub_user and os.getuid() == 0:
+            # The demo's hub runs as root (a container); Jupyter refuses root unless told.
+            args.append("--ServerApp.allow_root=True")
+        return args
 
     def session_home(self) -> str:
         return os.path.join(self.session_root, self.user.name, "home")

@@ -22,6 +22,8 @@ log = logging.getLogger("cmsaf.session")
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
+#: Exit status when the command cannot be started at all (like a shell's "command not found").
+COMMAND_NOT_RUNNABLE = 127
 
 
 def _die_with_parent() -> None:
@@ -37,7 +39,11 @@ def exit_status(returncode: int) -> int:
 
 async def run_session(command: list[str], config: RefresherConfig | None) -> int:
     """Run ``command`` with a refresher task beside it; return the command's exit status."""
-    process = await asyncio.create_subprocess_exec(*command, preexec_fn=_die_with_parent)
+    try:
+        process = await asyncio.create_subprocess_exec(*command, preexec_fn=_die_with_parent)
+    except OSError as e:
+        log.error("Cannot run the session command %r: %s", command[0], e.strerror or e)
+        return COMMAND_NOT_RUNNABLE
     loop = asyncio.get_running_loop()
     for signum in FORWARDED_SIGNALS:
         loop.add_signal_handler(signum, _forward, process, signum)

@@ -16,7 +16,9 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from spawners.kube import COPY_SCRIPT, INIT_CONTAINER, REFRESHER_CONTAINER, IAMKubeSpawner
 from spawners.profiles import ImageNotAllowed, build_profile_list, check_image
-from spawners.tokens import MissingAuthState, token_files
+from tornado.web import HTTPError
+
+from spawners.tokens import token_files
 
 CONDOR_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJjb25kb3IifQ.Y29uZG9yLXNpZw"
 XROOTD_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4cm9vdGQifQ.eHJvb3RkLXNpZw"
@@ -239,8 +241,9 @@ async def test_secret_seam_create_replace_delete():
 async def test_missing_auth_state_fails_start_before_any_kubernetes_call():
     spawner = make_spawner(auth_state=None)
     spawner.api = RecordingCoreV1()
-    with pytest.raises(MissingAuthState, match="log out, log in again"):
+    with pytest.raises(HTTPError, match="No stored login tokens for alice.*log out, log in again") as e:
         await spawner._start()
+    assert e.value.status_code == 400
     assert spawner.api.calls == []
 
 
@@ -281,17 +284,20 @@ async def test_custom_image_outside_allowlist_is_a_form_error():
 async def test_custom_image_via_rest_is_checked_too():
     spawner = make_spawner(session_sizes=SIZES, session_images=IMAGES, image_allowlist=ALLOWLIST)
     spawner.user_options = {"profile": "small", "image--unlisted-choice": "docker.io/evil/miner:1"}
-    with pytest.raises(ImageNotAllowed, match="is not allowed"):
-        await spawner.load_user_options()
+    spawner.api = RecordingCoreV1()
+    with pytest.raises(HTTPError, match="'docker.io/evil/miner:1' is not allowed") as e:
+        await spawner._start()
+    assert e.value.status_code == 400
+    assert spawner.api.calls == []  # refused before any Secret is created
 
 
 async def test_custom_image_refused_without_allowlist_and_bad_profile_named():
     spawner = make_spawner(session_sizes=SIZES, session_images=IMAGES)
     spawner.user_options = {"profile": "small", "image--unlisted-choice": "registry.cern.ch/cmsaf/x:1"}
-    with pytest.raises(ImageNotAllowed, match="Custom images are not allowed"):
+    with pytest.raises(HTTPError, match="Custom images are not allowed"):
         await spawner.load_user_options()
     spawner.user_options = {"profile": "huge"}
-    with pytest.raises(ValueError, match="huge"):
+    with pytest.raises(HTTPError, match="huge"):
         await spawner.load_user_options()
 
 

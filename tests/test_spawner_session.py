@@ -94,3 +94,14 @@ async def test_command_dies_with_a_killed_wrapper(tmp_path):
             return True
 
     await wait_for(child_gone)
+
+
+async def test_missing_command_is_reported_not_a_traceback():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "spawners.session", "--", "/nonexistent/jupyterhub-singleuser",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 127
+    assert "Cannot run the session command '/nonexistent/jupyterhub-singleuser'" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
