@@ -435,12 +435,18 @@ async def test_device_code_flow(iam):
         pending = await token_request(http, iam, poll)
         assert pending.json()["error"] == "authorization_pending"
 
-        # The user confirms the code and logs in through the same plain form.
-        page = await http.get(grant["verification_uri_complete"], follow_redirects=True)
-        confirm = parse(page.text).forms[0]
+        # The browser opens the complete URI (a form carrying the code), confirms the code shown,
+        # then logs in through the same plain login form.
+        page = await http.get(grant["verification_uri_complete"])
+        carry = parse(page.text).forms[0]
+        assert carry["inputs"]["user_code"] == grant["user_code"]
+        page = await http.post(urljoin(str(page.url), carry["action"]), data=carry["inputs"])
+        assert grant["user_code"] in page.text
+        confirm = next(f for f in parse(page.text).forms if f["inputs"].get("confirm") == "yes")
         page = await http.post(urljoin(str(page.url), confirm["action"]), data=confirm["inputs"],
                                follow_redirects=True)
         login = parse(page.text).forms[0]
+        assert {"login", "password"} <= set(login["inputs"])
         done = await http.post(urljoin(str(page.url), login["action"]), follow_redirects=True,
                                data={**login["inputs"], "login": "bob", "password": "bob-password"})
         assert done.status_code == 200 and "Device signed in" in done.text

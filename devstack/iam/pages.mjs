@@ -49,10 +49,11 @@ export const providerPages = {
     let message = 'Enter the code shown on your device.';
     if (err && (err.userCode || err.name === 'NoCodeError')) message = 'That code is not valid. Try again.';
     else if (err) message = 'The request could not be processed. Start again on your device.';
+    // oidc-provider's form holds the xsrf field and the code input; give that input a label.
+    const labelled = form.replace('name="user_code"', 'id="user_code" name="user_code"');
     ctx.body = page('CMS IAM development device login', `<p>${escapeHtml(message)}</p>
-${form}
 <label for="user_code">Device code</label>
-<input id="user_code" name="user_code" form="op.deviceInputForm" type="text" autocomplete="off" required>
+${labelled}
 <button type="submit" form="op.deviceInputForm">Continue</button>`);
   },
   async userCodeConfirmSource(ctx, form, client, deviceInfo, userCode) {

@@ -67,6 +67,8 @@ function wlcgCustomizer(directory) {
     const scopes = new Set((payload.scope ?? '').split(' '));
     const user = token.accountId ? directory.bySub.get(token.accountId) : undefined;
     if (user && scopes.has('wlcg.groups')) payload['wlcg.groups'] = [...user.groups];
+    // Exchanged tokens (and their refreshes) say who acts for the subject (RFC 8693 `act`).
+    if (token.gty?.split(' ').includes('token_exchange')) payload.act = { sub: payload.client_id };
     const asked = requestedAudience(ctx);
     if (typeof asked === 'string' && asked.trim()) payload.aud = asked;
     if (typeof payload.aud === 'string' && payload.aud.includes(' ')) {

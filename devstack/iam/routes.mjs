@@ -141,18 +141,23 @@ export function jwtUserinfo(provider, directory, signingKeys) {
   };
 }
 
-/** After oidc-provider's introspection (client already authenticated): fill in for JWT access tokens. */
+/**
+ * oidc-provider refuses to introspect structured (JWT) access tokens; IAM introspects its JWTs. After
+ * oidc-provider has authenticated the calling client, answer for our JWTs from their verified claims.
+ */
 export function jwtIntrospection(provider, signingKeys) {
   return async function introspect(ctx, next) {
     await next();
-    if (ctx.path !== '/introspect' || ctx.status !== 200 || ctx.body?.active !== false) return;
+    if (ctx.path !== '/introspect' || ctx.body?.error !== 'unsupported_token_type') return;
     const token = ctx.oidc?.params?.token;
-    if (typeof token !== 'string' || token.split('.').length !== 3) return;
+    if (!ctx.oidc?.client || typeof token !== 'string') return;
+    ctx.status = 200;
     try {
       const payload = verifyJwt(token, signingKeys, { issuer: provider.issuer, typ: 'at+jwt' });
       ctx.body = { ...payload, active: true, token_type: 'Bearer' };
     } catch (err) {
       if (!(err instanceof InvalidJwt)) throw err;
+      ctx.body = { active: false };
     }
   };
 }

@@ -77,7 +77,6 @@ export function tokenExchangeHandler({ directory, allowedScopeOf, signingKeys, t
       client,
       scope,
       gty: 'token_exchange',
-      extra: { act: { sub: client.clientId } },
       resourceServer,
     });
     ctx.oidc.entity('AccessToken', accessToken);
