@@ -121,6 +121,8 @@ def test_tokens_are_files_never_description_values():
     desc = build(token_names=sorted(tokens), env={"DASK_DISTRIBUTED__WORKER__DAEMON": "False"})
     assert find_secret(desc, files.values()) is None
     assert desc["environment"] == '"DASK_DISTRIBUTED__WORKER__DAEMON=False"'
+    with pytest.raises(JobShapeError, match="CMSAF_WORKER_CREDENTIAL would be readable by anyone"):
+        build(env={"CMSAF_WORKER_CREDENTIAL": "s3cret"})
     # The guard finds a secret wherever it hides.
     assert find_secret(dict(desc, environment=f'"T={tokens["condor"]}"'), files.values()) == "environment"
 

@@ -48,6 +48,9 @@ POLL_PROJECTION = [
     ATTR_DASHBOARD_ADDRESS,
 ]
 
+#: Variables that hold secrets by convention: never allowed into a job's (public) environment.
+SECRET_ENV = frozenset({"BEARER_TOKEN", "CMSAF_WORKER_CREDENTIAL", "JUPYTERHUB_API_TOKEN", "DASK_GATEWAY__AUTH__TOKEN"})
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _ATTR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -239,6 +242,9 @@ def _base_description(
         f"MY.{ATTR_OWNER}": classad_string(owner),
         f"MY.{ATTR_ROLE}": classad_string(role),
     }
+    public = sorted(set(env) & SECRET_ENV)
+    if public:
+        raise JobShapeError(f"{', '.join(public)} would be readable by anyone (condor_q -l): transfer it as a file")
     if env:
         desc["environment"] = quote_environment(env)
     if shape.image:

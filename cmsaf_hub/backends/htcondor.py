@@ -10,9 +10,10 @@ owner's token. Submit descriptions come from the pure builders in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from pathlib import Path
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from traitlets import Any as AnyTrait
@@ -41,6 +42,7 @@ from .condor_jobs import (
     worker_description,
 )
 from .condor_retire import retire_workers
+from .condor_shape import CondorJobShapeConfig
 from .condor_seam import SERVICE_IDENTITY, CondorSeam, IdentityProcesses, SeamError
 from .condor_status import REMOVED_BY_US, history_constraint, missing_jobs, observe, phase_of_queued
 
@@ -67,7 +69,7 @@ def seam_error(action: str, error: SeamError) -> BackendError:
     return BackendError(f"{prefix} while {action}: {error.message}", retryable=error.kind == "unreachable")
 
 
-class HTCondorBackend(Backend):
+class HTCondorBackend(CondorJobShapeConfig, Backend):
     """Runs each cluster's workers as HTCondor jobs submitted, queried and removed as the owner."""
 
     scheduler_placement = Enum(
@@ -116,49 +118,10 @@ class HTCondorBackend(Backend):
         CondorSeam, help="Picklable callable building the bindings seam inside each client process.",
     ).tag(config=True)
 
-    python = Unicode("python3", help="Python (with distributed installed) inside the jobs.").tag(config=True)
-
-    default_image = Unicode(
-        "", help="Container image of jobs whose cluster options name none (empty: no container).",
-    ).tag(config=True)
-
-    image_allowlist = List(
-        Unicode(), default_value=[],
-        help="Images users may choose (exact names); the default image is always allowed.",
-    ).tag(config=True)
-
-    container_mode = Enum(
-        ["singularity", "docker"], default_value="singularity",
-        help='How images run: "singularity" (+SingularityImage) or "docker" (docker universe).',
-    ).tag(config=True)
-
-    sites = List(
-        Unicode(), default_value=[],
-        help="Sites users may pin workers to (e.g. T2_LNL_PD, T2_BA, T2_PI, T2_RM, T2_CERN).",
-    ).tag(config=True)
-
-    site_attribute = Unicode(
-        "SiteName", help="Machine ClassAd attribute compared with the chosen site in requirements.",
-    ).tag(config=True)
-
     pin_scheduler_to_site = Bool(
         True, help="With placement htcondor, run the scheduler job at the workers' site too.",
     ).tag(config=True)
 
-    disk_gib = Float(2.0, help="Disk requested per job, GiB.").tag(config=True)
-
-    max_walltime = Int(
-        86400, help="Seconds a job may run before the schedd removes it (periodic_remove); 0: no limit.",
-    ).tag(config=True)
-
-    extra_directives = Dict(
-        Unicode(), default_value={}, help="Extra submit commands added to every job (they win on conflict).",
-    ).tag(config=True)
-
-    death_timeout = Int(60, help="Seconds a worker waits for an unreachable scheduler before exiting.").tag(config=True)
-    worker_lifetime = Int(0, help="Worker --lifetime in seconds (0: unlimited).").tag(config=True)
-    worker_lifetime_stagger = Int(0, help="Worker --lifetime-stagger in seconds.").tag(config=True)
-    worker_nanny = Bool(True, help="Run workers under a nanny process.").tag(config=True)
 
     held_timeout = Int(
         900, help="Seconds a job may stay held before the backend removes it (reason recorded); 0: never.",
@@ -214,34 +177,6 @@ class HTCondorBackend(Backend):
         await self.processes.close()
         if self.scheduler_backend is not None:
             await self.scheduler_backend.close()
-
-    # --- hooks -----------------------------------------------------------------------------
-
-    def job_shape(self, cluster: ClusterSpec) -> JobShape:
-        """Server-side config + the cluster's options -> the shape of its jobs."""
-        options = cluster.options
-        image = options.get("image") or self.default_image or None
-        if image and image != self.default_image and image not in self.image_allowlist:
-            raise BackendError(f"image {image!r} is not allowed on this facility")
-        site = options.get("site") or None
-        if site and site not in self.sites:
-            raise BackendError(f"site {site!r} is not one of {', '.join(self.sites) or 'none'}")
-        return JobShape(
-            cores=int(options.get("cores", 1)),
-            memory_gib=float(options.get("memory", 2.0)),
-            disk_gib=self.disk_gib,
-            image=image,
-            container=self.container_mode,
-            site=site,
-            site_attribute=self.site_attribute,
-            walltime_seconds=self.max_walltime,
-            python=self.python,
-            death_timeout=self.death_timeout,
-            lifetime=self.worker_lifetime,
-            lifetime_stagger=self.worker_lifetime_stagger,
-            nanny=self.worker_nanny,
-            extra_directives=dict(self.extra_directives),
-        )
 
     def _token(self, cluster: ClusterSpec) -> str:
         """The owner's condor token: the spec's, else the last one seen (stop and poll specs carry none)."""
@@ -410,8 +345,7 @@ class HTCondorBackend(Backend):
         return result.clusters
 
     async def _poll_local_schedulers(self, clusters: list[ClusterSpec], results: dict[str, ClusterObservation]) -> None:
-        local = [ClusterSpec(c.id, c.owner, c.options, c.env, c.tls, c.tokens, {**c.backend_state, "workers": {}})
-                 for c in clusters]
+        local = [dataclasses.replace(c, backend_state={**c.backend_state, "workers": {}}) for c in clusters]
         observed = await self.scheduler_backend.poll(local)
         for cid, obs in observed.items():
             if cid in results:
