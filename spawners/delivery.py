@@ -150,10 +150,12 @@ class TokenDeliveryMixin(Configurable):
         return tokens
 
     def resolved_token_dir(self) -> str:
-        """``token_dir`` with ``{username}`` / ``{servername}`` filled in."""
-        return self.token_dir.format(
-            username=self.user.name, servername=self.name or "default"
-        )
+        """``token_dir`` with ``{username}`` / ``{servername}`` filled in (never a path escape)."""
+        parts = {"username": self.user.name, "servername": self.name or "default"}
+        for value in parts.values():
+            if "/" in value or value in (".", ".."):
+                raise spawn_refusal(f"{value!r} cannot name a session directory", reason="name")
+        return self.token_dir.format(**parts)
 
     def session_settings(self) -> SessionSettings:
         return SessionSettings(

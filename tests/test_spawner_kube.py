@@ -331,3 +331,10 @@ def test_profile_list_shape_and_bad_sizes():
         build_profile_list([{"slug": "x", "cpus": 2}], {}, False)
     with pytest.raises(ValueError, match="needs a 'slug'"):
         build_profile_list([{"cpu": 2}], {}, False)
+
+
+async def test_user_name_cannot_escape_the_token_dir():
+    spawner = make_spawner(token_dir="/var/run/cmsaf/{username}/tokens")
+    spawner.user.name = ".."
+    with pytest.raises(HTTPError, match="cannot name a session directory"):
+        spawner.resolved_token_dir()
