@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -643,7 +644,6 @@ print(json.dumps({name: htcondor2.param.get(name) for name in sys.argv[1:]}))
 @pytest.mark.parametrize("role", CONDOR_ROLES)
 def test_condor_config_parses_with_htcondor(role, tmp_path):
     """Pool + role files, installed in start.sh's order, as the htcondor2 bindings read them."""
-    import json
     import os
     import subprocess
     import sys
@@ -675,3 +675,61 @@ def test_condor_start_script_is_valid_and_every_role_has_its_config():
     for command in roles:
         assert command[:2] == ["/bin/bash", "/etc/cmsaf-condor/config/start.sh"]
         assert f"90-cmsaf-{command[2]}.conf" in data
+
+
+# --- the mapfile generator (deploy/htcondor_mapfile.py) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mapfile_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("htcondor_mapfile", DEPLOY / "htcondor_mapfile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mapfile_regex(line: str) -> re.Pattern[str]:
+    """The regex HTCondor takes from a line (between the outer slashes, ``\\/`` meaning ``/``)."""
+    body = re.fullmatch(r"SCITOKENS /(.*)/ \S+", line).group(1)
+    return re.compile(body.replace("\\/", "/"))
+
+
+def test_mapfile_line_matches_exactly_the_authenticated_identity(mapfile_tool):
+    line = mapfile_tool.mapfile_line("https://iam.example:8443", "a1b2-c3", "alice")
+    assert line == r"SCITOKENS /^https:\/\/iam\.example:8443\/,a1b2-c3$/ alice"  # as in notes/htcondor.md
+    regex = mapfile_regex(line)
+    assert regex.fullmatch("https://iam.example:8443/,a1b2-c3")  # issuer gets its trailing slash
+    for other in ("https://iamXexample:8443/,a1b2-c3", "https://iam.example:8443/,a1b2-c3x",
+                  "https://evil/,https://iam.example:8443/,a1b2-c3"):
+        assert not regex.fullmatch(other)
+    with pytest.raises(ValueError, match="local account"):
+        mapfile_tool.mapfile_line("https://iam.example/", "s", "Alice Smith")
+
+
+def test_mapfile_tool_keeps_uids_and_skips_unusable_users(mapfile_tool, tmp_path):
+    scim = {"Resources": [
+        {"id": "sub-b", "userName": "bob", "active": True},
+        {"id": "sub-a", "userName": "Alice"},
+        {"id": "sub-x", "userName": "gone", "active": False},
+        {"id": "sub-s", "userName": "has space"},
+    ]}
+    (tmp_path / "scim.json").write_text(json.dumps(scim))
+    (tmp_path / "previous").write_text("bob 20005\n")
+    code = mapfile_tool.main(["--issuer", "https://iam.example/", "--scim", str(tmp_path / "scim.json"),
+                              "--mapfile", str(tmp_path / "mapfile"), "--users", str(tmp_path / "users"),
+                              "--previous-users", str(tmp_path / "previous")])
+    assert code == 0
+    assert mapfile_tool.parse_users_file((tmp_path / "users").read_text()) == {"bob": 20005, "alice": 20006}
+    lines = (tmp_path / "mapfile").read_text().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["alice", "bob"]
+    assert mapfile_regex(lines[0]).fullmatch("https://iam.example/,sub-a")
+
+
+def test_shipped_mapfile_is_what_the_tool_writes_for_the_configured_issuer(mapfile_tool):
+    issuer = VALUE_SETS["values"]["hub"]["config"]["IAMAuthenticator"]["issuer"]
+    for line in condor_configmap()["data"]["mapfile"].splitlines():
+        account = line.rsplit(" ", 1)[1]
+        subject = re.search(r",(.*)\$/", line).group(1).replace("\\", "")
+        assert line == mapfile_tool.mapfile_line(issuer, subject, account)
