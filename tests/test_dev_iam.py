@@ -523,3 +523,14 @@ async def test_bad_config_fails_with_a_clear_error(tmp_path):
     iam = DevIAM(tmp_path, clients=[{"client_id": "broken", "client_secret": "x"}])
     with pytest.raises(DevIAMError, match="client_secret must be a string of 8"):
         await iam.start()
+
+
+async def test_missing_node_modules_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("devstack.iam.OIDC_PROVIDER_PACKAGE", tmp_path / "absent" / "package.json")
+    with pytest.raises(DevIAMError, match=r"npm ci --prefix devstack"):
+        await DevIAM(tmp_path).start()
+
+
+def test_clients_cannot_change_while_running(iam):
+    with pytest.raises(DevIAMError, match="before start"):
+        iam.add_client(client_id="late", client_secret="late-client-secret")

@@ -28,8 +28,12 @@ class FileStore {
     return entry;
   }
 
-  /** Persist the whole store; writes are chained so they never interleave. */
+  /** Persist the whole store (dropping expired entries); writes are chained so they never interleave. */
   flush() {
+    const now = Date.now();
+    for (const [key, entry] of this.entries) {
+      if (entry.expiresAt && entry.expiresAt <= now) this.entries.delete(key);
+    }
     const snapshot = JSON.stringify(Object.fromEntries(this.entries));
     this.pending = this.pending.then(async () => {
       const tmp = `${this.path}.tmp`;
