@@ -425,7 +425,7 @@ async def test_client_credentials(iam):
 async def test_device_code_flow(iam):
     async with client(iam) as http:
         start = await http.post(f"{iam.issuer}devicecode", data={"client_id": iam.hub_client_id,
-                                                                 "scope": "openid profile wlcg.groups"},
+                                                                 "scope": "openid profile wlcg.groups offline_access"},
                                 auth=(iam.hub_client_id, iam.hub_client_secret))
         assert start.status_code == 200, start.text
         grant = start.json()
@@ -454,6 +454,7 @@ async def test_device_code_flow(iam):
     assert tokens.status_code == 200, tokens.text
     claims = await verify(iam, tokens.json()["access_token"], audience=iam.hub_client_id)
     assert claims["sub"] == iam.user("bob")["sub"] and claims["wlcg.groups"] == ["/cms", "/cms/admins"]
+    assert tokens.json()["refresh_token"]
 
 
 async def test_introspection_and_revocation(iam):

@@ -49,13 +49,11 @@ function candidateScopes(ctx, client, allowedScope) {
   return [...scopes].join(' ');
 }
 
+/** An `audience` sent to the token endpoint (refresh, client credentials) overrides the granted one. */
 function requestedAudience(ctx) {
-  const { oidc } = ctx ?? {};
-  if (!oidc) return undefined;
-  if (oidc.route === 'token') {
-    return oidc.params?.grant_type === TOKEN_EXCHANGE_GRANT ? undefined : oidc.body?.audience;
-  }
-  return oidc.params?.audience;
+  const oidc = ctx?.oidc;
+  if (oidc?.route !== 'token' || oidc.params?.grant_type === TOKEN_EXCHANGE_GRANT) return undefined;
+  return oidc.body?.audience;
 }
 
 /** Add the WLCG profile claims and honour an `audience` asked at the token endpoint. */

@@ -8,7 +8,6 @@ import { InvalidJwt, verifyJwt } from './keys.mjs';
 import { clientAllowsScope } from './users.mjs';
 
 export const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
-const REFRESH_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:refresh_token';
 
 export const TOKEN_EXCHANGE_PARAMS = [
   'audience', 'scope', 'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type',
@@ -31,8 +30,8 @@ export function decideExchange({ params, client, allowedScope, directory, signin
   if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
     throw new errors.InvalidRequest(`subject_token_type must be ${ACCESS_TOKEN_TYPE}`);
   }
-  if (params.requested_token_type && ![ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE].includes(params.requested_token_type)) {
-    throw new errors.InvalidRequest('unsupported requested_token_type');
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest(`requested_token_type must be ${ACCESS_TOKEN_TYPE}`);
   }
   let subject;
   try {
