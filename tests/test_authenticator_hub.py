@@ -1,0 +1,192 @@
+"""IAMAuthenticator end to end: a real JupyterHub (with configurable-http-proxy) and the dev IAM."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+
+import httpx
+import jwt
+import pytest
+
+from tests.harness.login import login_via_iam, trusting
+
+EXCHANGES = {
+    "condor": {"audience": "https://wlcg.cern.ch/jwt/v1/any",
+               "scope": "compute.read compute.create compute.modify compute.cancel"},
+    "xrootd": {"audience": "https://xrootd.cmsaf.test:1094", "scope": "storage.read:/"},
+}
+# the dev IAM knows no such scope: this exchange fails at every login and refresh
+BROKEN = {"broken": {"audience": "https://nowhere.test", "scope": "compute.admin"}}
+
+
+def iam_config(exchanges: dict, **traits) -> str:
+    """Config text switching the repository's hub to IAMAuthenticator."""
+    lines = [
+        "import os",
+        'c.JupyterHub.authenticator_class = "authenticators.IAMAuthenticator"',
+        'c.IAMAuthenticator.issuer = os.environ["CMSAF_IAM_ISSUER"]',
+        f"c.IAMAuthenticator.token_exchanges = {exchanges!r}",
+        "c.JupyterHub.authenticate_prometheus = False",
+    ]
+    lines += [f"c.IAMAuthenticator.{name} = {value!r}" for name, value in traits.items()]
+    return "\n".join(lines) + "\n"
+
+
+async def iam_jwks(iam) -> dict:
+    async with httpx.AsyncClient(verify=trusting(iam.ca_cert)) as http:
+        return (await http.get(f"{iam.issuer}jwk")).json()
+
+
+def verify_independently(token: str, jwks: dict, audience: str, issuer: str) -> dict:
+    """PyJWT alone (not the code under test) checks the exchanged token."""
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = next(jwt.PyJWK(k) for k in jwks["keys"] if k["kid"] == kid)
+    return jwt.decode(token, key.key, algorithms=["RS256"], audience=audience, issuer=issuer)
+
+
+def secrets_in(auth_state: dict) -> list[str]:
+    found = [auth_state[k] for k in ("access_token", "refresh_token", "id_token") if auth_state.get(k)]
+    found += [e["access_token"] for e in auth_state.get("exchanged_tokens", {}).values()]
+    return found
+
+
+async def idp_token_posts(iam) -> int:
+    return len(re.findall(r"POST /token 200", iam.log_path.read_text(errors="replace")))
+
+
+async def metric(hub, name: str, labels: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{hub.url}hub/metrics")).text
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.slow
+async def test_login_groups_admins_refusal_exchanges_and_no_leaks(hub_factory):
+    hub = await hub_factory(extra_config=iam_config({**EXCHANGES, **BROKEN}))
+    sessions = []
+    try:
+        for name in ("alice", "bob", "eve"):
+            sessions.append(await login_via_iam(hub, name, f"{name}-password"))
+        alice_page, bob_page, eve_page = (s.login_response for s in sessions)
+        assert alice_page.status_code == 200 and bob_page.status_code == 200
+        assert eve_page.status_code == 403 and "not a member of /cms" in eve_page.text
+        assert "Traceback" not in eve_page.text
+    finally:
+        for s in sessions:
+            await s.aclose()
+
+    alice, bob = await hub.get_user("alice"), await hub.get_user("bob")
+    async with hub.admin_client() as api:
+        eve_status = (await api.get("/users/eve")).status_code
+        groups = {g["name"]: sorted(g["users"]) for g in (await api.get("/groups")).json()}
+    assert eve_status == 404  # refused at login: never became a hub user
+    assert (alice["admin"], sorted(alice["groups"])) == (False, ["/cms"])
+    assert (bob["admin"], sorted(bob["groups"])) == (True, ["/cms", "/cms/admins"])
+    assert groups["/cms"] == ["alice", "bob"] and groups["/cms/admins"] == ["bob"]
+
+    state = alice["auth_state"]
+    jwks = await iam_jwks(hub.iam)
+    assert state["access_token_expires_at"] == verify_independently(
+        state["access_token"], jwks, "cmsaf-hub", hub.iam.issuer)["exp"]
+    assert set(state["exchanged_tokens"]) == {"condor", "xrootd"}  # "broken" failed, the others did not
+    for name, spec in EXCHANGES.items():
+        entry = state["exchanged_tokens"][name]
+        claims = verify_independently(entry["access_token"], jwks, spec["audience"], hub.iam.issuer)
+        assert claims["scope"].split() == spec["scope"].split() == entry["scope"].split()
+        assert entry["expires_at"] == claims["exp"] and entry["audience"] == spec["audience"]
+        assert claims["sub"] == verify_independently(state["access_token"], jwks, "cmsaf-hub", hub.iam.issuer)["sub"]
+
+    log = hub.log_text()
+    assert "Token exchange 'broken' for alice failed (invalid_scope)" in log
+    leaked = [s for s in secrets_in(state) + secrets_in(bob["auth_state"]) + [hub.process.iam.client_secret] if s in log]
+    assert leaked == []
+    assert await metric(hub, "cmsaf_iam_failures_total", 'operation="exchange",reason="invalid_scope"') >= 2
+    assert await metric(hub, "cmsaf_iam_idp_calls_total", 'grant="authorization_code"') == 3
+
+
+@pytest.mark.slow
+async def test_unreachable_iam_gives_clear_login_page_and_hub_keeps_running(hub_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"https://127.0.0.1:{s.getsockname()[1]}/"
+    config = iam_config(EXCHANGES, discovery_attempts=1) + f"c.IAMAuthenticator.issuer = {dead!r}\n"
+    hub = await hub_factory(extra_config=config)
+    async with httpx.AsyncClient(follow_redirects=False) as http:
+        page = await http.get(f"{hub.url}hub/oauth_login")
+        assert page.status_code == 503
+        assert f"IAM at {dead} is unreachable" in page.text and "Traceback" not in page.text
+        assert (await http.get(f"{hub.api_url}/")).status_code == 200
+
+
+@pytest.mark.slow
+async def test_short_tokens_refreshed_ahead_single_flight_and_idp_outage(hub_factory):
+    """60 s tokens: active for over two lifetimes without a new login; a burst of 50 requests makes
+    one refresh; with IAM stopped the session works until the token really expires, then re-login."""
+    lifetime, refresh_age = 60, 5
+    hub = await hub_factory(
+        extra_config=iam_config(EXCHANGES, refresh_margin=20.0, retry_backoff=0.2)
+        + f"c.IAMAuthenticator.auth_refresh_age = {refresh_age}\n",
+        iam_options={"access_token_lifetime": lifetime},
+    )
+    session = await login_via_iam(hub, "alice", "alice-password")
+    seen_states = []
+
+    async def state() -> dict:
+        auth_state = (await hub.get_user("alice"))["auth_state"]
+        seen_states.append(auth_state)
+        return auth_state
+
+    try:
+        first = await state()
+        # quiet until the token is inside the margin (remaining <= 20 s), then 50 requests at once
+        await asyncio.sleep(max(0.0, first["access_token_expires_at"] - 18 - time.time()))
+        refreshes_before = await metric(hub, "cmsaf_iam_idp_calls_total", 'grant="refresh_token"')
+        posts_before = await idp_token_posts(hub.iam)
+        burst = await asyncio.gather(*(session.get(f"{hub.url}hub/home") for _ in range(50)))
+        assert [r.status_code for r in burst] == [200] * 50
+        assert all("/hub/login" not in str(r.url) for r in burst)
+        assert await metric(hub, "cmsaf_iam_idp_calls_total", 'grant="refresh_token"') == refreshes_before + 1
+        assert await idp_token_posts(hub.iam) == posts_before + 1 + len(EXCHANGES)
+        second = await state()
+        assert second["refresh_token"] != first["refresh_token"]  # rotated and stored
+
+        # stay active across another lifetime: every request served, tokens never expired
+        stop_at = second["access_token_expires_at"] + 10
+        while time.time() < stop_at:
+            r = await session.get(f"{hub.url}hub/home")
+            assert r.status_code == 200 and "/hub/login" not in str(r.url)
+            current = await state()
+            assert current["access_token_expires_at"] > time.time()
+            assert all(e["expires_at"] > time.time() for e in current["exchanged_tokens"].values())
+            await asyncio.sleep(2)
+        assert len({s["refresh_token"] for s in seen_states}) >= 3  # refreshed at least twice
+
+        # the spent refresh token really is dead at IAM: the hub must have used the rotated one
+        async with httpx.AsyncClient(verify=trusting(hub.iam.ca_cert)) as http:
+            old = await http.post(f"{hub.iam.issuer}token", data={"grant_type": "refresh_token",
+                                  "refresh_token": first["refresh_token"]},
+                                  auth=("cmsaf-hub", hub.process.iam.client_secret))
+        assert old.status_code == 400 and old.json()["error"] == "invalid_grant"
+
+        # IAM goes away: requests keep working until the access token expires, then a new login
+        last = await state()
+        await hub.iam.stop()
+        while True:
+            r = await session.get(f"{hub.url}hub/home", follow_redirects=False)
+            if r.status_code != 200:
+                break
+            assert time.time() < last["access_token_expires_at"] + refresh_age + 5
+            await asyncio.sleep(1)
+        assert r.status_code == 302 and "/hub/login" in r.headers["location"]
+        assert time.time() >= last["access_token_expires_at"]
+    finally:
+        await session.aclose()
+
+    log = hub.log_text()
+    assert "current tokens stay in use until they expire" in log
+    leaked = [s for st in seen_states for s in secrets_in(st) if s in log]
+    assert leaked == []
