@@ -33,7 +33,8 @@ RUCIO_CONFIG = IMAGES / "session" / "jupyter_server_config.py"
 #: the ones that were tested; the session and Dask images must agree on the Dask ones).
 TESTED_PACKAGES = (
     "dask", "distributed", "jupyterhub", "jupyterhub-kubespawner", "oauthenticator", "htcondor",
-    "tornado", "sqlalchemy", "jupyterlab", "dask-labextension", "msgpack", "cloudpickle",
+    "tornado", "sqlalchemy", "jupyterlab", "dask-labextension", "msgpack", "cloudpickle", "xrootd",
+    "uproot", "numpy",
 )
 
 
