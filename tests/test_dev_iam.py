@@ -278,6 +278,23 @@ async def test_refresh_tokens_rotate_and_old_ones_are_rejected(iam):
     assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
 
 
+async def test_second_authorization_in_the_same_browser_session_skips_the_form(iam):
+    async with client(iam) as http:
+        await login_code(http, iam, "bob")
+        response = await http.get(f"{iam.issuer}authorize", params={
+            "response_type": "code", "client_id": iam.hub_client_id, "redirect_uri": REDIRECT_URI,
+            "scope": HUB_SCOPE, "state": "s-123"})
+        while not response.headers.get("location", "").startswith(REDIRECT_URI):
+            assert response.is_redirect, response.text[:300]
+            response = await http.get(urljoin(str(response.url), response.headers["location"]))
+        code = parse_qs(urlsplit(response.headers["location"]).query)["code"][0]
+        tokens = await token_request(http, iam, {"grant_type": "authorization_code", "code": code,
+                                                 "redirect_uri": REDIRECT_URI})
+    assert tokens.status_code == 200 and tokens.json()["refresh_token"]
+    claims = await verify(iam, tokens.json()["access_token"], audience=iam.hub_client_id)
+    assert claims["sub"] == iam.user("bob")["sub"]
+
+
 async def test_client_secret_post_works_too(iam):
     async with client(iam) as http:
         code = await login_code(http, iam, "alice")
