@@ -107,8 +107,11 @@ class CondorSeam:
             result = s.submit(htcondor2.Submit(dict(description, initialdir=staging)), count=count, spool=True)
             try:
                 s.spool(result)
+                # Spooled jobs are kept in the queue after completion (for output retrieval) unless
+                # told otherwise; workers have no output to retrieve, so they leave when done.
+                s.edit(result.cluster(), "LeaveJobInQueue", "false")
             except Exception:
-                s.act(htcondor2.JobAction.Remove, str(result.cluster()), reason="spooling input files failed")
+                s.act(htcondor2.JobAction.Remove, str(result.cluster()), reason=("cmsaf: spooling input files failed", None))
                 raise
             first = result.first_proc()
             return [f"{result.cluster()}.{first + i}" for i in range(result.num_procs())]
