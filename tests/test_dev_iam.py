@@ -7,7 +7,6 @@ Every HTTPS call trusts the dev CA explicitly.
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import ssl
@@ -100,10 +99,6 @@ def parse(html: str) -> FormParser:
     parser = FormParser()
     parser.feed(html)
     return parser
-
-
-def b64json(part: str) -> dict:
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
 async def jwks(iam: DevIAM) -> dict:
@@ -376,15 +371,22 @@ async def test_token_exchange_refuses_forged_and_foreign_subject_tokens(iam):
         assert response.json()["error_description"].startswith("invalid subject_token")
 
 
+def signed_with_issuer_key(iam: DevIAM, claims: dict) -> str:
+    """A token signed with the dev IAM's own current key (read from its state dir)."""
+    keys = json.loads((iam.state_dir / "provider" / "signing-keys.json").read_text())["keys"]
+    key = jwt.PyJWK(keys[0])
+    return jwt.encode(claims, key.key, algorithm="RS256", headers={"kid": keys[0]["kid"], "typ": "at+jwt"})
+
+
 async def test_token_exchange_refuses_expired_subject_token(iam):
-    real = (await login_tokens(iam, "alice"))["access_token"]
-    header, payload, signature = real.split(".")
-    claims = b64json(payload)
-    claims["exp"] = int(time.time()) - 3600
-    tampered = ".".join([header, base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("="),
-                         signature])
-    response = await exchange(iam, tampered, scope="compute.read")
-    assert response.status_code == 400 and "invalid subject_token" in response.json()["error_description"]
+    claims = jwt.decode((await login_tokens(iam, "alice"))["access_token"], options={"verify_signature": False})
+    now = int(time.time())
+    still_valid = await exchange(iam, signed_with_issuer_key(iam, claims), scope="compute.read")
+    assert still_valid.status_code == 200, still_valid.text  # the construction itself is accepted
+    expired = {**claims, "iat": now - 3600, "nbf": now - 3600, "exp": now - 60}
+    response = await exchange(iam, signed_with_issuer_key(iam, expired), scope="compute.read")
+    assert response.status_code == 400
+    assert response.json()["error_description"] == "invalid subject_token: expired"
 
 
 async def test_token_exchange_denies_offline_access_for_own_token(iam):
@@ -539,8 +541,10 @@ async def test_port_in_use_fails_with_a_clear_error(tmp_path):
 
 async def test_bad_config_fails_with_a_clear_error(tmp_path):
     iam = DevIAM(tmp_path, clients=[{"client_id": "broken", "client_secret": "x"}])
-    with pytest.raises(DevIAMError, match="client_secret must be a string of 8"):
+    with pytest.raises(DevIAMError, match="exited with status 1") as failure:
         await iam.start()
+    assert str(failure.value).splitlines()[-1] == (
+        "dev-iam: error: clients[0] (broken): client_secret must be a string of 8+ characters")
 
 
 async def test_missing_node_modules_says_how_to_install(tmp_path, monkeypatch):
