@@ -483,6 +483,10 @@ async def test_introspection_and_revocation(iam):
                                        auth=(PEER_ID, PEER_SECRET))
         assert introspected.json()["active"] is True
         assert introspected.json()["sub"] == iam.user("alice")["sub"]
+        refresh = await http.post(f"{iam.issuer}introspect", data={"token": tokens["refresh_token"]},
+                                  auth=(PEER_ID, PEER_SECRET))
+        assert refresh.json()["active"] is True
+        assert refresh.json()["exp"] - refresh.json()["iat"] == 10 * LIFETIME  # refresh lifetime honoured
         revoked = await http.post(f"{iam.issuer}revoke", data={"token": tokens["refresh_token"]},
                                   auth=(iam.hub_client_id, iam.hub_client_secret))
         assert revoked.status_code == 200
