@@ -68,7 +68,12 @@ def load_values(*overlays: Path) -> dict[str, Any]:
     return values
 
 
-VALUE_SETS = {"values": load_values(), "values+cvmfs-csi": load_values(CVMFS_CSI_OVERLAY)}
+SITE_EXAMPLE = DEPLOY / "helm" / "site-example.yaml"
+VALUE_SETS = {
+    "values": load_values(),
+    "values+cvmfs-csi": load_values(CVMFS_CSI_OVERLAY),
+    "values+site-example": load_values(SITE_EXAMPLE),
+}
 
 
 # --- Kubernetes manifests ---------------------------------------------------------------------------
@@ -202,6 +207,14 @@ Z2JH_VALUES = obj({
 def test_values_use_only_chart_keys(name):
     errors = sorted(jsonschema.Draft7Validator(Z2JH_VALUES).iter_errors(VALUE_SETS[name]), key=str)
     assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_site_example_overrides_every_site_setting():
+    """Nothing of the placeholder facility (example.org) is left once the site example is merged."""
+    placeholders = [line for line in VALUES.read_text().splitlines() if "# SITE" in line]
+    assert len(placeholders) >= 10
+    merged = yaml.safe_dump(VALUE_SETS["values+site-example"])
+    assert "example.org" not in merged, [line for line in merged.splitlines() if "example.org" in line]
 
 
 def test_values_structure_check_rejects_a_typo():
@@ -353,11 +366,15 @@ def test_spawn_page_profiles_build_from_the_values():
     assert f"{session['name']}:{session['tag']}" in images  # the default image is on offer
 
 
-def service_config(tmp_path, monkeypatch) -> Config:
+def service_config(tmp_path, monkeypatch, values_name: str = "values") -> Config:
+    """The service config file run as the hub runs it: the service's environment, mounted secrets."""
     (tmp_path / "db-password").write_text("db-secret\n")
     (tmp_path / "crypt-key").write_text("lPl3QbHDnAvU4AMvK6ieH9uyzIb9iWd2aFQ0aTzo_dY=\n")
+    hub = VALUE_SETS[values_name]["hub"]
+    for name, value in hub["services"]["cmsaf"]["environment"].items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("CMSAF_SECRETS_DIR", str(tmp_path))
-    source = VALUE_SETS["values"]["hub"]["extraFiles"]["cmsaf-service-config"]["stringData"]
+    source = hub["extraFiles"]["cmsaf-service-config"]["stringData"]
     config = Config()
     exec(compile(source, "cmsaf_service_config.py", "exec"), {"get_config": lambda: config})
     return config
@@ -368,16 +385,27 @@ def test_service_config_file_sets_existing_traits(tmp_path, monkeypatch):
     assert not unknown_traits({section: dict(traits) for section, traits in config.items()})
 
 
+def test_site_service_settings_reach_the_service(tmp_path, monkeypatch):
+    from cmsaf_hub.backends.htcondor import HTCondorBackend
+
+    config = service_config(tmp_path, monkeypatch, "values+site-example")
+    assert HTCondorBackend(config=config).default_image.startswith("docker://registry.cms-af.example.eu/")
+
+
 def test_service_config_builds_a_working_service_and_backend(tmp_path, monkeypatch):
     from cmsaf_hub.app import CmsafService
     from cmsaf_hub.backends.htcondor import HTCondorBackend
 
     config = service_config(tmp_path, monkeypatch)
+    environment = VALUE_SETS["values"]["hub"]["services"]["cmsaf"]["environment"]
     service = CmsafService(config=config)
     assert service.backend_class is HTCondorBackend and service.backend_tokens
     assert service.db_url.startswith("postgresql+psycopg://cmsaf:db-secret@cmsaf-db:5432/")
+    assert (service.public_url, service.issuer) == (environment["CMSAF_PUBLIC_URL"], environment["CMSAF_ISSUER"])
+    assert service.cluster_env["CMSAF_XCACHE_URL"] == environment["CMSAF_XCACHE_URL"]
     backend = HTCondorBackend(config=config)
     assert backend.condor_config["COLLECTOR_HOST"] == "cmsaf-condor-cm:9618"
+    assert backend.default_image == environment["CMSAF_WORKER_IMAGE"]
 
 
 def test_service_is_registered_where_the_proxy_and_command_find_it():
