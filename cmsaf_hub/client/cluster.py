@@ -4,34 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from contextlib import suppress
 from typing import Any
 
 import dask.config
 from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
-from distributed.security import Security
 
-from ..comm import hub_security
-from .config import HubConfig, resolve_config
+from .config import resolve_config
 from .display import render_cluster_html
 from .errors import HubError
 from .hub import Hub, options_schema, wait_until_running
 from .http import ServiceAPI
 from .options import validate_options
 from .report import ClusterReport
+from .security import scheduler_security
 
 log = logging.getLogger("cmsaf_hub.client")
 
 #: Seconds between two refreshes of the worker progress shown in the notebook.
 DEFAULT_REFRESH_INTERVAL = 5.0
-
-
-def scheduler_security(config: HubConfig) -> Security:
-    """What a Dask comm needs to pass the hub's proxy: the user's token as a header, the hub's CA."""
-    context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
-    return hub_security(config.token, ssl_context=context)
 
 
 class HubCluster(Cluster):
@@ -145,13 +137,13 @@ class HubCluster(Cluster):
             )
             await super()._start()
         except BaseException:
-            self.status = Status.failed
             if created_here and self.cluster_id is not None and self.shutdown_on_close:
                 with suppress(Exception):
                     await self._api.delete_cluster(self.cluster_id)
             if self.scheduler_comm is not None:
                 await self.scheduler_comm.close_rpc()
             self._api.close()
+            self.status = Status.closed  # everything released: nothing left for close() to do
             raise
         self._refresh_task = asyncio.ensure_future(self._keep_report_fresh())
 
