@@ -96,12 +96,26 @@ async def test_a_refreshed_token_is_used_for_the_next_call(backend):
     refreshed.tokens["condor"] = "eyJ.alice-condor-refreshed.sig"
     await backend.submit_workers(refreshed, 1)
     # a later call without tokens (the service's stop specs carry none) still authenticates as alice
+    write_script(backend.record_dir, query=[queue_ad("100.0", 2, "c1"), queue_ad("101.0", 1, "c1")])
     await backend.stop_cluster(spec(tokens=False))
-    first, second, stop = calls(backend)
-    assert (first["token"], second["token"], stop["token"]) == (
-        TOKENS["alice"]["condor"], "eyJ.alice-condor-refreshed.sig", "eyJ.alice-condor-refreshed.sig")
-    assert first["pid"] == second["pid"] == stop["pid"]
-    assert stop["args"] == ["schedd@pool", "Remove", 'member(CmsafCluster, {"c1"})', "cmsaf: cluster stopped"]
+    first, second, query, stop = calls(backend)
+    assert (first["token"], second["token"], query["token"], stop["token"]) == (
+        TOKENS["alice"]["condor"], "eyJ.alice-condor-refreshed.sig", "eyJ.alice-condor-refreshed.sig",
+        "eyJ.alice-condor-refreshed.sig")
+    assert first["pid"] == second["pid"] == query["pid"] == stop["pid"]
+    assert query["args"][:2] == ["schedd@pool", 'member(CmsafCluster, {"c1"})']
+    assert stop["args"] == ["schedd@pool", "Remove", ["100.0", "101.0"], "cmsaf: cluster stopped"]
+
+
+async def test_after_a_restart_an_unknown_owners_cluster_is_stopped_as_the_service(backend):
+    write_script(backend.record_dir, query=[queue_ad("100.0", 2, "c1")])
+    await backend.stop_cluster(spec(tokens=False))
+    query, stop = calls(backend)
+    assert query["token"] == stop["token"] == "jwt-of-the-read-only-service"
+    assert stop["args"] == ["schedd@pool", "Remove", ["100.0"], "cmsaf: cluster stopped"]
+    write_script(backend.record_dir, query=[])
+    await backend.stop_cluster(spec("c9", tokens=False))  # nothing in the queue: nothing to remove
+    assert [c["method"] for c in calls(backend)] == ["query", "act", "query"]
 
 
 async def test_image_and_site_are_checked_before_anything_is_submitted(backend):
@@ -261,9 +275,10 @@ async def test_service_placement_runs_the_local_backends_scheduler_beside_the_se
         [submit] = [c for c in recorded_calls(record) if c["method"] == "submit"]
         assert info.address in submit["args"][1]["arguments"]
         assert (await b.poll([cluster]))["svc"].scheduler_alive
+        write_script(record, query=[queue_ad("100.0", 2, "svc")])
         await b.stop_cluster(spec("svc", tokens=False, state=state))
         act = [c for c in recorded_calls(record) if c["method"] == "act"][-1]
-        assert act["args"][1:3] == ["Remove", 'member(CmsafCluster, {"svc"})']
+        assert act["args"][1:3] == ["Remove", ["100.0"]]
         observed = (await b.poll([cluster]))["svc"]
         assert not observed.scheduler_alive and observed.scheduler_reason == "the scheduler process is gone"
     finally:

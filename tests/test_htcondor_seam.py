@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cmsaf_hub.backends.condor_seam import CondorSeam, IdentityProcesses, SeamError, classify_error
+from cmsaf_hub.backends.condor_seam import CondorSeam, IdentityProcesses, SeamError, _ad_to_dict, classify_error
 
 
 class RecordingSeam:
@@ -201,3 +201,20 @@ async def test_real_bindings_report_an_unreachable_pool(tmp_path):
         assert "jwt-of-alice" not in str(info.value)
     finally:
         await procs.close()
+
+
+def test_classads_become_plain_values_that_cross_processes():
+    import pickle
+
+    import classad2
+
+    ad = classad2.ClassAd({"JobStatus": 5, "HoldReason": "Disk quota exceeded", "CmsafCluster": "c1", "Mem": 2.5})
+    ad["Held"] = classad2.ExprTree("JobStatus == 5")
+    ad["Missing"] = classad2.ExprTree("undefined")
+    ad["Ids"] = classad2.ExprTree('{"a", "b"}')
+    plain = _ad_to_dict(ad)
+    assert {k: plain[k] for k in ("JobStatus", "HoldReason", "CmsafCluster", "Mem", "Held", "Missing")} == {
+        "JobStatus": 5, "HoldReason": "Disk quota exceeded", "CmsafCluster": "c1", "Mem": 2.5,
+        "Held": True, "Missing": None}
+    assert isinstance(plain["Ids"], str)
+    assert pickle.loads(pickle.dumps(plain)) == plain

@@ -16,6 +16,7 @@ no memory with the service) that the service talks to over a pipe.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import os
 import pickle
@@ -60,7 +61,9 @@ def _ad_to_dict(ad: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ad.keys():
         value = ad.eval(key) if hasattr(ad, "eval") else ad[key]
-        if not isinstance(value, (str, int, float, bool, type(None))):
+        if isinstance(value, enum.Enum):  # classad2.Value.Undefined / Error
+            value = None
+        elif not isinstance(value, (str, int, float, bool, type(None))):
             value = str(value)
         out[key] = value
     return out

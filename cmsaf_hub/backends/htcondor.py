@@ -279,8 +279,17 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
         self.log.info("Cluster %s: %d worker jobs submitted as %s in one call", cluster.id, len(jobs), cluster.owner)
         return [SubmittedWorker(name=job, backend_state={"job": job}) for job in jobs]
 
-    async def _remove(self, cluster: ClusterSpec, schedd: str | None, spec: list[str] | str, reason: str) -> None:
-        await self._as_owner(cluster, "removing jobs", "act", schedd, "Remove", spec, REMOVED_BY_US + reason)
+    async def _as_owner_or_service(self, cluster: ClusterSpec, action: str, method: str, *args: Any) -> Any:
+        """As the owner; as the service identity when no token of the owner is known (after a restart)."""
+        if cluster.tokens.get(self.token_name) or cluster.owner in self._tokens or not self.service_token_file:
+            return await self._as_owner(cluster, action, method, *args)
+        try:
+            return await self.processes.call(SERVICE_IDENTITY, None, method, *args)
+        except SeamError as e:
+            raise seam_error(action, e) from None
+
+    async def _remove(self, cluster: ClusterSpec, schedd: str | None, job_ids: list[str], reason: str) -> None:
+        await self._as_owner_or_service(cluster, "removing jobs", "act", schedd, "Remove", job_ids, REMOVED_BY_US + reason)
 
     async def stop_workers(self, cluster: ClusterSpec, workers: dict[str, dict[str, Any]]) -> None:
         if not workers:
@@ -355,8 +364,13 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
     # --- teardown, logs, restart ---------------------------------------------------------
 
     async def stop_cluster(self, cluster: ClusterSpec) -> None:
-        await self._remove(cluster, cluster.backend_state.get("schedd"), cluster_constraint([cluster.id]), "cluster stopped")
-        if cluster.backend_state.get("placement") == "service":
+        """Remove every job of the cluster (found by its attribute), then its local scheduler."""
+        schedd = cluster.backend_state.get("schedd")
+        constraint = cluster_constraint([cluster.id])
+        ads = await self._as_owner_or_service(cluster, "reading the queue", "query", schedd, constraint, ["ClusterId", "ProcId"])
+        if ads:
+            await self._remove(cluster, schedd, sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads), "cluster stopped")
+        if self.scheduler_backend is not None:
             await self.scheduler_backend.stop_cluster(cluster)
 
     async def logs(self, cluster: ClusterSpec) -> dict[str, str]:
