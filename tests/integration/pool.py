@@ -129,6 +129,16 @@ def ensure_local_users(users: list[str]) -> list[str]:
     return created
 
 
+def ensure_system_user(name: str) -> bool:
+    """Create a system account if missing; True when created here."""
+    try:
+        pwd.getpwnam(name)
+        return False
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+        return True
+
+
 def trust_ca(ca_cert: Path) -> Path:
     target = SYSTEM_CA_DIR / "cmsaf-integration-dev-ca.crt"
     SYSTEM_CA_DIR.mkdir(parents=True, exist_ok=True)
@@ -191,9 +201,14 @@ def personal_pool(token_lifetime: int = 30) -> Iterator[Pool]:
     try:
         ca_link = trust_ca(iam.ca_cert)
         created = ensure_local_users(POOL_USERS)
+        if ensure_system_user("condor"):  # root daemons do their own bookkeeping as "condor"
+            created.append("condor")
+        condor = pwd.getpwnam("condor")
         local = work / "condor"
         for sub in ("log", "spool", "execute", "lock", "run"):
             (local / sub).mkdir(parents=True)
+            if sub != "execute":
+                os.chown(local / sub, condor.pw_uid, condor.pw_gid)
         os.chmod(local / "execute", 0o755)
         pki = ensure_dev_pki(iam.state_dir)  # the same CA and host certificate the dev IAM serves
         mapfile = local / "mapfile"
