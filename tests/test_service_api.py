@@ -5,6 +5,7 @@ import asyncio
 import pytest
 from distributed import Client
 
+from cmsaf_hub.comm import hub_security
 from cmsaf_hub.probe import client_security
 from tests.service_helpers import start_service_hub
 
@@ -68,6 +69,15 @@ async def test_lifecycle_isolation_and_admin(hub_factory, tmp_path):
             r = await alice.post(f"clusters/{cid}/adapt", json={"minimum": 2, "maximum": 3})
             assert r.json()["adapt"] == {"minimum": 2, "maximum": 3}
             await sh.wait_workers(alice, cid, 2)
+
+        # through the hub: the forwarder relays to the scheduler's wss listener, owner only
+        async with Client(model["scheduler_address"], security=hub_security(alice_token),
+                          asynchronous=True, timeout=30) as via_hub:
+            assert await via_hub.submit(lambda: "relayed") == "relayed"
+        with pytest.raises(OSError):
+            await Client(model["scheduler_address"], security=hub_security(bob_token), asynchronous=True, timeout=5)
+        dashboard = await alice.get(model["dashboard_link"])
+        assert dashboard.status_code == 200 and "<html" in dashboard.text.lower()
 
         logs = (await alice.get(f"clusters/{cid}/logs")).json()
         assert "Scheduler at" in logs["scheduler"]
