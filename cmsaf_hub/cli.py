@@ -37,8 +37,8 @@ from .client.errors import (
     RequestRejectedError,
     ServiceError,
 )
-from .client.hub import Hub
-from .client.options import parse_text
+from .client.http import ServiceAPI, options_schema, wait_until_running
+from .client.options import parse_text, validate_options
 from .client.report import ClusterReport
 
 PROG = "cmsaf-dask"
@@ -169,54 +169,57 @@ def format_report(r: ClusterReport) -> str:
 # -- commands ------------------------------------------------------------------------------
 
 
-async def run_command(args: argparse.Namespace, hub: Hub) -> tuple[Any, str, int]:
-    """Do what ``args`` asks; return (JSON result, text result, exit code)."""
+async def run_command(args: argparse.Namespace, api: ServiceAPI) -> tuple[Any, str]:
+    """Do what ``args`` asks; return (JSON result, text result)."""
     if args.command == "list":
-        reports = await hub.list_clusters()
-        return [r.raw for r in reports], format_table(reports), EXIT_OK
+        reports = [ClusterReport.from_json(c) for c in await api.list_clusters()]
+        return [r.raw for r in reports], format_table(reports)
 
     if args.command == "create":
-        schema = await hub.cluster_options()
+        schema = options_schema(await api.get_options())
         options = {name: parse_text(schema, name, text) for name, text in requested_options(args)}
-        report = await hub.submit(**options)  # validates against the schema again before sending
+        report = ClusterReport.from_json(await api.create_cluster(validate_options(schema, options)))
         if args.wait:
-            report = await hub.wait_for_cluster(report.id, args.timeout)
-        return report.raw, report.id, EXIT_OK
+            report = await wait_until_running(api, report, args.timeout)
+        return report.raw, report.id
 
     if args.command == "scale":
-        report = await hub.scale_cluster(args.cluster_id, args.workers)
-        return report.raw, format_report(report), EXIT_OK
+        report = ClusterReport.from_json(await api.scale(args.cluster_id, args.workers))
+        return report.raw, format_report(report)
 
     if args.command == "adapt":
         if args.maximum < args.minimum:
             raise OptionsError(f"--maximum {args.maximum} is below --minimum {args.minimum}")
-        report = await hub.adapt_cluster(args.cluster_id, args.minimum, args.maximum)
-        return report.raw, format_report(report), EXIT_OK
+        report = ClusterReport.from_json(await api.adapt(args.cluster_id, args.minimum, args.maximum))
+        return report.raw, format_report(report)
 
     if args.command == "logs":
-        logs = await hub.cluster_logs(args.cluster_id)
-        return logs, format_logs(logs), EXIT_OK
+        logs = await api.logs(args.cluster_id)
+        return logs, format_logs(logs)
 
     if args.command == "dashboard":
-        report = await hub.get_cluster(args.cluster_id)
+        report = ClusterReport.from_json(await api.get_cluster(args.cluster_id))
         if not report.dashboard_link:
             raise HubError(f"cluster {report.id} is {report.status}: no dashboard")
-        return {"id": report.id, "dashboard_link": report.dashboard_link}, report.dashboard_link, EXIT_OK
+        return {"id": report.id, "dashboard_link": report.dashboard_link}, report.dashboard_link
 
     if args.command == "delete":
         for cluster_id in args.cluster_ids:
-            await hub.stop_cluster(cluster_id)
-        return {"deleted": args.cluster_ids}, "\n".join(args.cluster_ids), EXIT_OK
+            await api.delete_cluster(cluster_id)
+        return {"deleted": args.cluster_ids}, "\n".join(args.cluster_ids)
 
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices
 
 
 async def _main(args: argparse.Namespace) -> int:
     config = resolve_config(hub_url=args.hub_url, token_file=args.token_file, ca_file=args.ca_file)
-    async with Hub(config=config, asynchronous=True) as hub:
-        result, text, code = await run_command(args, hub)
+    api = ServiceAPI(config)
+    try:
+        result, text = await run_command(args, api)
+    finally:
+        api.close()
     print(json.dumps(result, indent=2) if args.json else text)
-    return code
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,6 @@ Inside a hub session::
 See docs/client.md.
 """
 
-from .cluster import HubCluster
 from .config import HubConfig, resolve_config
 from .errors import (
     AuthenticationError,
@@ -22,7 +21,6 @@ from .errors import (
     ServiceError,
     ServiceResponseError,
 )
-from .hub import Hub
 from .report import ClusterReport, WorkerCounts
 
 __all__ = [
@@ -42,3 +40,16 @@ __all__ = [
     "WorkerCounts",
     "resolve_config",
 ]
+
+
+def __getattr__(name: str):
+    """``Hub`` and ``HubCluster`` import distributed (~0.5 s): only when asked for, so the CLI stays quick."""
+    if name == "Hub":
+        from .hub import Hub
+
+        return Hub
+    if name == "HubCluster":
+        from .cluster import HubCluster
+
+        return HubCluster
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

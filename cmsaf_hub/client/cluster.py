@@ -14,8 +14,8 @@ from distributed.deploy.cluster import Cluster
 from .config import resolve_config
 from .display import render_cluster_html
 from .errors import HubError
-from .hub import Hub, options_schema, wait_until_running
-from .http import ServiceAPI
+from .hub import Hub
+from .http import ServiceAPI, options_schema, wait_until_running
 from .options import validate_options
 from .report import ClusterReport
 from .security import scheduler_security

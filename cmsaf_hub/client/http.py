@@ -6,6 +6,7 @@ and must be created and used on one event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -15,7 +16,9 @@ from urllib.parse import quote, urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from .config import HubConfig
-from .errors import AuthenticationError, HubUnreachableError, error_for_status
+from .errors import AuthenticationError, HubError, HubUnreachableError, error_for_status
+from .options import OptionsSchema
+from .report import RUNNING, ClusterReport
 
 log = logging.getLogger("cmsaf_hub.client")
 
@@ -137,3 +140,38 @@ class ServiceAPI:
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+#: Seconds one long-poll ``GET /clusters/{id}?wait=`` may last.
+LONG_POLL_SECONDS = 20
+
+
+async def wait_until_running(
+    api: ServiceAPI, report: ClusterReport, timeout: float | None = None
+) -> ClusterReport:
+    """Long-poll the service until the cluster runs; raise with the service's reason if it ends."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while report.status != RUNNING:
+        if report.is_final:
+            why = f": {report.reason}" if report.reason else ""
+            raise HubError(f"cluster {report.id} {report.status}{why}")
+        wait = LONG_POLL_SECONDS
+        if deadline is not None:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise HubError(
+                    f"cluster {report.id} still {report.status} after {timeout:g} s"
+                )
+            wait = min(wait, max(1, int(left)))
+        report = ClusterReport.from_json(
+            await api.get_cluster(report.id, wait=wait, status=report.status)
+        )
+    return report
+
+
+def options_schema(response: Any) -> OptionsSchema:
+    """``GET /options`` answers a JSON Schema object with ``properties``; check it has that shape."""
+    if isinstance(response, dict) and isinstance(response.get("properties"), dict):
+        return response
+    raise HubError("the service's /options answer is not a JSON Schema object with 'properties'")

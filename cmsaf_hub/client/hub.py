@@ -2,51 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from distributed.utils import LoopRunner, SyncMethodMixin
 
 from .config import HubConfig, resolve_config
-from .errors import HubError
-from .http import ServiceAPI
+from .http import ServiceAPI, options_schema, wait_until_running
 from .options import OptionsSchema, validate_options
-from .report import RUNNING, ClusterReport
-
-#: Seconds one long-poll ``GET /clusters/{id}?wait=`` may last.
-LONG_POLL_SECONDS = 20
-
-
-async def wait_until_running(
-    api: ServiceAPI, report: ClusterReport, timeout: float | None = None
-) -> ClusterReport:
-    """Long-poll the service until the cluster runs; raise with the service's reason if it ends."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    while report.status != RUNNING:
-        if report.is_final:
-            why = f": {report.reason}" if report.reason else ""
-            raise HubError(f"cluster {report.id} {report.status}{why}")
-        wait = LONG_POLL_SECONDS
-        if deadline is not None:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise HubError(
-                    f"cluster {report.id} still {report.status} after {timeout:g} s"
-                )
-            wait = min(wait, max(1, int(left)))
-        report = ClusterReport.from_json(
-            await api.get_cluster(report.id, wait=wait, status=report.status)
-        )
-    return report
-
-
-def options_schema(response: Any) -> OptionsSchema:
-    """``GET /options`` answers a JSON Schema object with ``properties``; check it has that shape."""
-    if isinstance(response, dict) and isinstance(response.get("properties"), dict):
-        return response
-    raise HubError("the service's /options answer is not a JSON Schema object with 'properties'")
-
+from .report import ClusterReport
 
 class Hub(SyncMethodMixin):
     """List, create, connect to and stop your clusters.
