@@ -283,3 +283,17 @@ async def test_service_placement_runs_the_local_backends_scheduler_beside_the_se
         assert not observed.scheduler_alive and observed.scheduler_reason == "the scheduler process is gone"
     finally:
         await b.close()
+
+
+async def test_logs_summarise_each_job_of_the_cluster(backend):
+    write_script(backend.record_dir, query=[
+        queue_ad("7.0", 2, "c1", role="scheduler", RemoteHost="slot1@wn01.example"),
+        queue_ad("8.0", 5, "c1", HoldReason="Disk quota exceeded"), queue_ad("8.1", 1, "c1")])
+    logs = await backend.logs(spec())
+    assert logs == {
+        "scheduler": "HTCondor job 7.0: running on slot1@wn01.example",
+        "8.0": "HTCondor job 8.0: held (Disk quota exceeded)",
+        "8.1": "HTCondor job 8.1: queued",
+    }
+    [query] = calls(backend)
+    assert query["args"][1] == 'member(CmsafCluster, {"c1"})' and "RemoteHost" in query["args"][2]

@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,9 @@ class RecordingSeam:
 
     def query(self, schedd, constraint, projection):
         self._record("query", [schedd, constraint, projection])
-        return self._script().get("query", [])
+        script = self._script()
+        time.sleep(script.get("delay", {}).get("query", 0))
+        return script.get("query", [])
 
     def history(self, schedd, constraint, projection, match):
         self._record("history", [schedd, constraint, projection, match])
@@ -154,6 +157,21 @@ async def test_errors_come_back_classified_and_without_the_token(processes):
         await processes.call("alice", "secret-jwt-123", "act", None, "Remove", ["1.0"], "r")
     assert info.value.kind == "auth"
     assert "secret-jwt-123" not in str(info.value) and "[redacted]" in str(info.value)
+
+
+async def test_a_cancelled_call_does_not_leave_its_reply_for_the_next_one(processes):
+    write_script(processes.record_dir, query=[{"answer": "slow"}], delay={"query": 30})
+    slow = asyncio.ensure_future(processes.call("alice", "jwt-of-alice", "query", None, "slow", []))
+    while not recorded_calls(processes.record_dir):
+        await asyncio.sleep(0.05)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    write_script(processes.record_dir, query=[{"answer": "fresh"}])
+    assert await processes.call("alice", "jwt-of-alice", "query", None, "fast", []) == [{"answer": "fresh"}]
+    first, second = recorded_calls(processes.record_dir)
+    assert first["pid"] != second["pid"]  # a new process, born with alice's identity again
+    assert second["token"] == "jwt-of-alice"
 
 
 async def test_least_recently_used_process_is_stopped_beyond_the_cap(processes):

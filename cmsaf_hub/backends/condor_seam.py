@@ -257,6 +257,12 @@ class ClientProcess:
             except (asyncio.IncompleteReadError, ConnectionError):
                 await self.close()
                 raise SeamError("error", f"the HTCondor client process of {self.identity} died") from None
+            except asyncio.CancelledError:
+                # The reply may still come and would be read as the next call's: start afresh instead.
+                self._proc = None
+                if proc.returncode is None:
+                    proc.kill()
+                raise
         if reply[0] == "err":
             raise SeamError(reply[1], reply[2])
         return reply[1]
@@ -291,6 +297,7 @@ class IdentityProcesses:
         self.max_processes = max_processes
         self.service_token_file = service_token_file
         self._clients: OrderedDict[str, ClientProcess] = OrderedDict()
+        self._closing: set[asyncio.Future] = set()
 
     def _token_path(self, identity: str) -> str:
         if identity == SERVICE_IDENTITY:
@@ -311,7 +318,9 @@ class IdentityProcesses:
         client = self._clients[identity] = ClientProcess(identity, token_path, env, self.seam_factory)
         while len(self._clients) > self.max_processes:
             _, old = self._clients.popitem(last=False)
-            asyncio.ensure_future(old.close())
+            task = asyncio.ensure_future(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         return client
 
     async def call(self, identity: str, token: str | None, method: str, *args: Any) -> Any:
@@ -326,7 +335,7 @@ class IdentityProcesses:
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), OrderedDict()
-        await asyncio.gather(*(c.close() for c in clients))
+        await asyncio.gather(*(c.close() for c in clients), *self._closing)
 
 
 if __name__ == "__main__":
