@@ -121,6 +121,7 @@ class IAMAuthenticator(DiscoveredOAuthenticator):
         self._refreshes = SingleFlight()
         self._consumed = ConsumedRefreshTokens()
 
+    # --- verification and identity ---------------------------------------------------------------
 
     async def token_to_user(self, token_info):
         """User claims from the *verified* access and ID tokens (plus userinfo if configured)."""
@@ -246,9 +247,13 @@ class IAMAuthenticator(DiscoveredOAuthenticator):
         expires_at = float(auth_state.get("access_token_expires_at") or 0)
         still_valid = time.time() < expires_at
         rt_expiry = auth_state.get("refresh_token_expires_at")
-        if not refresh_token or (rt_expiry and time.time() >= rt_expiry):
-            metrics.FAILURES.labels("refresh", "no usable refresh token").inc()
-            self.log.info("No usable refresh token for %s; a new login is needed at expiry", username)
+        if rt_expiry and time.time() >= rt_expiry:
+            metrics.FAILURES.labels("refresh", "refresh token expired").inc()
+            self.log.info("The refresh token of %s has expired; a new login is needed", username)
+            return False
+        if not refresh_token:
+            metrics.FAILURES.labels("refresh", "no refresh token").inc()
+            self.log.info("IAM gave %s no refresh token; a new login is needed at expiry", username)
             return still_valid
         params = self.build_refresh_token_request_params(refresh_token)
         with metrics.REFRESH_DURATION.time():

@@ -214,6 +214,13 @@ async def test_rejected_refresh_token_forces_new_login(idp):
     assert await auth.refresh_user(HubUser("alice", state)) is False
 
 
+async def test_expired_refresh_token_forces_new_login_without_idp_call(idp):
+    auth = authenticator(idp)
+    state = idp.auth_state_for_login(access_token_expires_at=time.time() + 5, refresh_token_expires_at=time.time() - 1)
+    assert await auth.refresh_user(HubUser("alice", state)) is False
+    assert idp.calls == {}
+
+
 async def test_idp_5xx_keeps_current_tokens_until_expiry(idp):
     auth = authenticator(idp, retry_attempts=3)
     idp.refresh_mode = "500"
