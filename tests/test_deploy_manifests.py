@@ -761,3 +761,17 @@ def test_shipped_mapfile_is_what_the_tool_writes_for_the_configured_issuer(mapfi
         account = line.rsplit(" ", 1)[1]
         subject = re.search(r",(.*)\$/", line).group(1).replace("\\", "")
         assert line == mapfile_tool.mapfile_line(issuer, subject, account)
+
+
+def test_user_guide_submit_file_parses_with_htcondor():
+    import htcondor2
+
+    text = USER_GUIDE.read_text()
+    body = re.search(r"cat > hello\.sub <<'EOF'\n(.*?)\nEOF\n", text, re.S).group(1)
+    submit = htcondor2.Submit(body)  # HTCondor's own parser: raises on a malformed description
+    assert submit["executable"] == "/bin/echo" and submit.getQArgs() == "5"
+    assert submit["MY.SingularityImage"].strip('"').startswith("/cvmfs/")
+    forward = re.search(r"```\n(transfer_input_files.*?)```", text, re.S).group(1)
+    extra = htcondor2.Submit(forward)
+    assert extra["transfer_input_files"] == "$ENV(BEARER_TOKEN_FILE)"
+    assert "BEARER_TOKEN_FILE=xrootd.token" in extra["environment"]
