@@ -31,9 +31,8 @@ from cmsaf_hub.backends.base import ClusterSpec  # noqa: E402
 from cmsaf_hub.backends.local import LocalBackend  # noqa: E402
 from cmsaf_hub.crypto import generate_cluster_tls  # noqa: E402
 from cmsaf_hub.data import read_bytes  # noqa: E402
-from devstack.iam import DevIAM  # noqa: E402
-from devstack.xrootd import DataStack, hashed_ca_dir, missing_prerequisites  # noqa: E402
-from tests.harness.tokens import HarnessClient, service_token, user_token  # noqa: E402
+from devstack.xrootd import missing_prerequisites  # noqa: E402
+from tests.harness.datasite import start_data_site  # noqa: E402
 
 
 def timed_read(url: str) -> tuple[float, int]:
@@ -49,29 +48,16 @@ async def main(size_mb: int, repeat: int) -> int:
         print(f"data_read: skipped, {reason}")
         return 0
     work = Path(tempfile.mkdtemp(prefix="cmsaf-bench-data-"))
-    client = HarnessClient()
-    iam = DevIAM(work / "iam", clients=[client.registration()])
-    await iam.start()
-    cache_token = work / "cache.token"
-    cache_token.write_text(await service_token(iam, client, scope="storage.read:/"))
-    pki = iam._ensure_pki()
-    stack = DataStack(iam.issuer, pki.ca_cert, pki.server_cert, pki.server_key, cache_token)
     payload = os.urandom(size_mb * 1024 * 1024)
     files = [f"/store/bench/file{i}.bin" for i in range(repeat)]
-    for f in files:
-        p = stack.store_path(f)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(payload)
-    user_file = work / "alice.token"
-    user_file.write_text(await user_token(iam, client, "alice", scope="storage.read:/store"))
-    os.chmod(user_file, 0o600)
+    site = await start_data_site(work, {f: payload for f in files})
+    stack = site.stack
+    user_file = await site.user_token_file("alice", "alice", "storage.read:/store")
     backend = LocalBackend(state_dir=str(work / "clusters"))
     tls = generate_cluster_tls("bench").as_dict()
     try:
-        await stack.start()
         await backend.start()
-        env = {"BEARER_TOKEN_FILE": str(user_file), "X509_CERT_DIR": str(hashed_ca_dir(pki.ca_cert, work / "ca")),
-               "CMSAF_XROOTD_ORIGIN": stack.origin.url}
+        env = site.env(user_file, cache=False)
         spec = ClusterSpec(id="benchdata", owner="alice", options={"cores": 1, "memory": 4.0}, env=env, tls=tls)
         info = await backend.start_scheduler(spec)
         spec.backend_state = info.backend_state
@@ -98,8 +84,7 @@ async def main(size_mb: int, repeat: int) -> int:
     finally:
         await backend.stop_cluster(ClusterSpec(id="benchdata", owner="alice", options={}))
         await backend.close()
-        await stack.stop()
-        await iam.stop()
+        await site.stop()
 
 
 if __name__ == "__main__":

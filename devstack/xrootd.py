@@ -14,11 +14,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from devstack.hub import free_port
 
 WLCG_AUDIENCE = "https://wlcg.cern.ch/jwt/v1/any"
 XROOTD_USER = "xrootd"
@@ -134,12 +135,6 @@ def _chown_tree(path: Path, user: str = XROOTD_USER) -> None:
                 pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class XRootDServer:
     """One xrootd process, run as the ``xrootd`` user in ``work_dir``."""
@@ -249,7 +244,7 @@ class DataStack:
         origin_dir, cache_dir = self.work_dir / "origin", self.work_dir / "cache"
         for d in (origin_dir, cache_dir, self.data_root / self.export.lstrip("/"), self.cache_root):
             d.mkdir(parents=True, exist_ok=True)
-        origin_port, cache_port = _free_port(), _free_port()
+        origin_port, cache_port = free_port(), free_port()
         self.origin = XRootDServer(
             "origin", origin_dir,
             origin_config(origin_port, self.export, self.data_root, origin_dir, self._security(origin_dir)),

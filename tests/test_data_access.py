@@ -21,10 +21,10 @@ from distributed.security import Security
 from cmsaf_hub.backends.base import ClusterSpec
 from cmsaf_hub.backends.local import LocalBackend
 from cmsaf_hub.crypto import generate_cluster_tls
-from cmsaf_hub.data import StorageAccessError, StorageTokenError, read_bytes
-from devstack.iam import DevIAM
-from devstack.xrootd import DataStack, hashed_ca_dir, missing_prerequisites
-from tests.harness.tokens import HarnessClient, issuer_signed, service_token, user_token
+from cmsaf_hub.data import StorageTokenError, read_bytes
+from devstack.xrootd import missing_prerequisites
+from tests.harness.datasite import start_data_site
+from tests.harness.tokens import issuer_signed, user_token
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,52 +37,24 @@ ALICE_FILE = "/store/user/alice/sample.root"
 OTHER_FILE = "/store/data/Run2024/other.root"
 
 
-def write_root_file(path, entries: int = 1000) -> bytes:
+def root_file_bytes(tmp, entries: int = 1000) -> bytes:
     """A real ROOT file with a small TTree, written by uproot."""
     import numpy as np
     import uproot
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with uproot.recreate(path) as f:
+    with uproot.recreate(tmp) as f:
         f["events"] = {"pt": np.linspace(0.0, 100.0, entries), "n": np.arange(entries, dtype=np.int32)}
-    return path.read_bytes()
+    return tmp.read_bytes()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def site(tmp_path_factory):
     """The dev IAM, an origin with two sample files, and an XCache in front of it."""
     state = tmp_path_factory.mktemp("data-site")
-    client = HarnessClient()
-    iam = DevIAM(state / "iam", clients=[client.registration()])
-    await iam.start()
-    cache_token = state / "cache.token"
-    cache_token.write_text(await service_token(iam, client, scope="storage.read:/"))
-    pki = iam._ensure_pki()
-    stack = DataStack(iam.issuer, pki.ca_cert, pki.server_cert, pki.server_key, cache_token)
-    contents = {p: write_root_file(stack.store_path(p)) for p in (ALICE_FILE, OTHER_FILE)}
-    try:
-        await stack.start()
-        yield {"iam": iam, "client": client, "stack": stack, "contents": contents, "state": state,
-               "x509_dir": hashed_ca_dir(pki.ca_cert, state / "certificates")}
-    finally:
-        await stack.stop()
-        await iam.stop()
-
-
-def token_file(site, name: str, token: str):
-    path = site["state"] / f"{name}.token"
-    path.write_text(token)
-    os.chmod(path, 0o600)
-    return path
-
-
-def session_env(site, token_path, *, cache: bool) -> dict[str, str]:
-    """What a session (or a worker) gets from the spawner / cluster service."""
-    env = {"BEARER_TOKEN_FILE": str(token_path), "X509_CERT_DIR": str(site["x509_dir"]),
-           "CMSAF_XROOTD_ORIGIN": site["stack"].origin.url, "XRD_CONNECTIONRETRY": "1"}
-    if cache:
-        env["CMSAF_XCACHE_URL"] = site["stack"].cache.url
-    return env
+    files = {p: root_file_bytes(state / f"sample{i}.root", 1000 + i) for i, p in enumerate((ALICE_FILE, OTHER_FILE))}
+    site = await start_data_site(state, files)
+    yield site
+    await site.stop()
 
 
 def read_in_session(env: dict[str, str], path: str, check_token: bool = True) -> subprocess.CompletedProcess:
@@ -94,16 +66,16 @@ def read_in_session(env: dict[str, str], path: str, check_token: bool = True) ->
 
 
 async def test_session_token_reads_from_the_origin(site):
-    token = await user_token(site["iam"], site["client"], "alice", scope="storage.read:/store/user/alice")
-    r = read_in_session(session_env(site, token_file(site, "alice", token), cache=False), ALICE_FILE)
+    token = await user_token(site.iam, site.client, "alice", scope="storage.read:/store/user/alice")
+    r = read_in_session(site.env(site.token_file("alice", token), cache=False), ALICE_FILE)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
-    assert r.stdout == site["contents"][ALICE_FILE]
+    assert r.stdout == site.files[ALICE_FILE]
 
 
 async def test_dask_worker_reads_through_the_cache_and_repeat_reads_stay_in_the_cache(site, tmp_path):
-    token = await user_token(site["iam"], site["client"], "alice", scope="storage.read:/store")
-    env = session_env(site, token_file(site, "alice-worker", token), cache=True)
-    stack = site["stack"]
+    token = await user_token(site.iam, site.client, "alice", scope="storage.read:/store")
+    env = site.env(site.token_file("alice-worker", token), cache=True)
+    stack = site.stack
     cached = stack.cache_root / OTHER_FILE.lstrip("/")
     assert not cached.exists()
 
@@ -120,7 +92,7 @@ async def test_dask_worker_reads_through_the_cache_and_repeat_reads_stay_in_the_
         async with Client(info.address, security=security, asynchronous=True, timeout=30) as dask:
             await dask.wait_for_workers(1, timeout=60)
             first = await dask.submit(read_bytes, OTHER_FILE, pure=False)
-            assert first == site["contents"][OTHER_FILE]
+            assert first == site.files[OTHER_FILE]
             # the cache now holds the file and its cache-info record
             assert cached.exists() and cached.with_name(cached.name + ".cinfo").exists()
             # with the origin gone, the second read can only have come from the cache's disk
@@ -136,8 +108,8 @@ async def test_dask_worker_reads_through_the_cache_and_repeat_reads_stay_in_the_
 
 
 async def test_token_without_scope_for_the_path_is_refused_clearly(site):
-    token = await user_token(site["iam"], site["client"], "alice", scope="storage.read:/store/user/alice")
-    env = session_env(site, token_file(site, "alice-narrow", token), cache=False)
+    token = await user_token(site.iam, site.client, "alice", scope="storage.read:/store/user/alice")
+    env = site.env(site.token_file("alice-narrow", token), cache=False)
     os.environ.update(env)
     try:
         with pytest.raises(StorageTokenError, match=f"not for {OTHER_FILE}"):
@@ -152,15 +124,15 @@ async def test_token_without_scope_for_the_path_is_refused_clearly(site):
 
 
 async def test_expired_token_is_refused_and_a_refreshed_one_works_without_restart(site):
-    iam, alice = site["iam"], site["iam"].user("alice")
+    iam, alice = site.iam, site.iam.user("alice")
     now = int(time.time())
     expired = issuer_signed(iam, {
         "iss": iam.issuer, "sub": alice["sub"], "aud": "https://wlcg.cern.ch/jwt/v1/any",
         "scope": "storage.read:/store", "iat": now - 600, "nbf": now - 600, "exp": now - 60,
-        "jti": "expired-test", "wlcg.ver": "1.0", "client_id": site["client"].client_id,
+        "jti": "expired-test", "wlcg.ver": "1.0", "client_id": site.client.client_id,
     })
-    path = token_file(site, "alice-rotating", expired)
-    env = session_env(site, path, cache=False)
+    path = site.token_file("alice-rotating", expired)
+    env = site.env(path, cache=False)
 
     checked = read_in_session(env, ALICE_FILE)
     assert checked.returncode != 0 and b"expired" in checked.stderr
@@ -168,16 +140,16 @@ async def test_expired_token_is_refused_and_a_refreshed_one_works_without_restar
     assert refused.returncode != 0 and b"StorageAccessError" in refused.stderr
 
     # the session's refresher replaces the file in place: the next read just works
-    path.write_text(await user_token(iam, site["client"], "alice", scope="storage.read:/store"))
+    path.write_text(await user_token(iam, site.client, "alice", scope="storage.read:/store"))
     fresh = read_in_session(env, ALICE_FILE)
     assert fresh.returncode == 0, fresh.stderr.decode()[-2000:]
-    assert fresh.stdout == site["contents"][ALICE_FILE]
+    assert fresh.stdout == site.files[ALICE_FILE]
 
 
 async def test_the_cache_authorises_each_user_with_their_own_token(site):
     """The XCache reaches the origin with its own token, but never lends it to a user."""
-    token = await user_token(site["iam"], site["client"], "alice", scope="storage.read:/store/user/alice")
-    env = session_env(site, token_file(site, "alice-cache-narrow", token), cache=True)
+    token = await user_token(site.iam, site.client, "alice", scope="storage.read:/store/user/alice")
+    env = site.env(site.token_file("alice-cache-narrow", token), cache=True)
     r = await asyncio.to_thread(read_in_session, env, OTHER_FILE, False)
     assert r.returncode != 0
     assert b"StorageAccessError" in r.stderr and b"permission denied" in r.stderr.lower()
