@@ -62,26 +62,70 @@ class RecordingSeam:
             f.write(str(n + 1))
         return n
 
+    # With ``{"fake_queue": true}`` in the script, submitted jobs run at once and the queue and
+    # history are answered from them, constraints evaluated by the real ClassAd library.
+
+    def _queue(self, update=None) -> dict:
+        with open(self.dir / "queue.json", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            jobs = json.loads(f.read() or "{}")
+            if update is not None:
+                update(jobs)
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(jobs))
+        return jobs
+
+    @staticmethod
+    def _matching(jobs: dict, constraint: str) -> list[dict]:
+        import classad2
+
+        expr = classad2.ExprTree(constraint)
+        return [ad for ad in jobs.values() if expr.eval(classad2.ClassAd(ad)) is True]
+
     def submit(self, schedd, description, count, files):
         import htcondor2
 
         htcondor2.Submit(description)  # the real parser must accept the description
         self._record("submit", [schedd, description, count, sorted(files)])
         cluster = self._next_cluster()
-        return [f"{cluster}.{i}" for i in range(count)]
+        ids = [f"{cluster}.{i}" for i in range(count)]
+        if self._script().get("fake_queue"):
+            attrs = {k[3:]: json.loads(v) for k, v in description.items() if k.startswith("MY.Cmsaf")}
+
+            def add(jobs):
+                for i in range(count):
+                    jobs[f"{cluster}.{i}"] = {"ClusterId": cluster, "ProcId": i, "JobStatus": 2, **attrs}
+
+            self._queue(add)
+        return ids
 
     def query(self, schedd, constraint, projection):
         self._record("query", [schedd, constraint, projection])
         script = self._script()
         time.sleep(script.get("delay", {}).get("query", 0))
+        if script.get("fake_queue"):
+            return [ad for ad in self._matching(self._queue(), constraint) if ad["JobStatus"] != 3]
         return script.get("query", [])
 
     def history(self, schedd, constraint, projection, match):
         self._record("history", [schedd, constraint, projection, match])
+        if self._script().get("fake_queue"):
+            return [ad for ad in self._matching(self._queue(), constraint) if ad["JobStatus"] == 3]
         return self._script().get("history", [])
 
     def act(self, schedd, action, job_spec, reason):
         self._record("act", [schedd, action, job_spec, reason])
+        if self._script().get("fake_queue") and action == "Remove":
+            def remove(jobs):
+                chosen = job_spec if isinstance(job_spec, list) else [
+                    f"{ad['ClusterId']}.{ad['ProcId']}" for ad in self._matching(jobs, job_spec)]
+                for jid in chosen:
+                    if jid in jobs:
+                        jobs[jid].update(JobStatus=3, RemoveReason=reason)
+
+            self._queue(remove)
         return {"TotalSuccess": len(job_spec) if isinstance(job_spec, list) else 1}
 
     def schedds(self, projection):
