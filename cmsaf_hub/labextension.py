@@ -102,7 +102,7 @@ class HubClusterManager(DaskClusterManager):
         """Replace the cache with the service's list of your live clusters."""
         loop = asyncio.get_running_loop()
         reports = await self.get_hub().list_clusters()
-        self._reports = {lab_id_for(r.id): r for r in reports if not r.is_final}
+        self._reports = {lab_id_for(r.id): r for r in reports if not r.is_ending}
         self._refreshed_at = loop.time()
 
     def _refresh_soon(self) -> None:

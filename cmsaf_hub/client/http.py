@@ -153,7 +153,7 @@ async def wait_until_running(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     while report.status != RUNNING:
-        if report.is_final:
+        if report.is_ending:
             why = f": {report.reason}" if report.reason else ""
             raise HubError(f"cluster {report.id} {report.status}{why}")
         wait = LONG_POLL_SECONDS

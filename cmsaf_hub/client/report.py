@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Statuses after which a cluster never runs again.
-FINAL_STATUSES = frozenset({"stopped", "failed"})
+#: Statuses from which a cluster never runs again.
+ENDING_STATUSES = frozenset({"stopping", "stopped", "failed"})
 #: The status in which the scheduler accepts clients.
 RUNNING = "running"
 
@@ -72,5 +72,5 @@ class ClusterReport:
         )
 
     @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
+    def is_ending(self) -> bool:
+        return self.status in ENDING_STATUSES
