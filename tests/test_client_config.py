@@ -82,3 +82,40 @@ def test_empty_token_file_is_refused(tmp_path):
 def test_token_never_in_repr():
     config = resolve_config(env={**SESSION_ENV, "JUPYTERHUB_API_TOKEN": "s3cr3t-token"})
     assert "s3cr3t-token" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    "address, ours",
+    [
+        ("ws://127.0.0.1:8000/services/cmsaf/clusters/abc/comm", True),
+        ("ws://127.0.0.1:8000/services/cmsaf/clusters/abc/dashboard", False),
+        ("ws://127.0.0.1:9999/services/cmsaf/clusters/abc/comm", False),  # another port: no token
+        ("ws://evil.example:8000/services/cmsaf/clusters/abc/comm", False),
+        ("wss://127.0.0.1:8000/services/cmsaf/clusters/abc/comm", False),  # service is http
+        ("tcp://127.0.0.1:8786", False),
+    ],
+)
+def test_security_loader_only_sends_the_token_to_the_configured_service(address, ours, monkeypatch):
+    from cmsaf_hub.client.security import is_service_comm_address, security_loader
+
+    config = resolve_config(env=SESSION_ENV)
+    assert is_service_comm_address(address, config) is ours
+    for name, value in SESSION_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CMSAF_HUB_URL", raising=False)
+    monkeypatch.delenv("CMSAF_TOKEN", raising=False)
+    security = security_loader({"address": address})
+    if ours:
+        args = security.get_connection_args("client")
+        assert args["extra_conn_args"]["headers"] == {"Authorization": "token session-token"}
+        assert "session-token" not in repr(security)
+    else:
+        assert security is None
+
+
+def test_security_loader_without_configuration_defers_to_dask(monkeypatch):
+    from cmsaf_hub.client.security import security_loader
+
+    for name in ("CMSAF_SERVICE_URL", "CMSAF_HUB_URL", "CMSAF_TOKEN", "JUPYTERHUB_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    assert security_loader({"address": "ws://h/services/cmsaf/clusters/a/comm"}) is None

@@ -24,6 +24,14 @@ with HubCluster.from_id(sys.argv[1]) as cluster:
         print(client.submit(lambda: 6 * 7).result(), len(client.scheduler_info()["workers"]))
 """
 
+#: What dask-labextension's "inject client code" pastes, run with a session's environment.
+PASTED_CLIENT_CODE = """
+from dask.distributed import Client
+
+client = Client("{address}")
+print(client.submit(sum, [40, 2]).result())
+"""
+
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any session or laptop client settings, plus ``extra``."""
@@ -61,6 +69,17 @@ async def test_create_compute_scale_reconnect_from_a_new_process_close(hub_facto
         )
         assert (code, out.split()) == (0, ["42", "2"]), err[-2000:]
         assert (await hub.get_cluster(cid)).status == "running"  # from_id left it running
+
+        # inside a session (zero configuration), the sidebar's pasted client code works as is
+        session_env = clean_env(
+            CMSAF_SERVICE_URL=f"{sh.hub.url}services/cmsaf/",
+            JUPYTERHUB_API_TOKEN=token,
+            DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER="cmsaf_hub.client.security.security_loader",
+        )
+        code, out, err = await run(
+            sys.executable, "-c", PASTED_CLIENT_CODE.format(address=cluster.scheduler_address), env=session_env
+        )
+        assert (code, out) == (0, "42\n"), err[-2000:]
 
         html = cluster._repr_html_()
         assert cid in html and "running" in html and token not in html
