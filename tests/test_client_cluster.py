@@ -132,3 +132,31 @@ def scheduler_in_thread():
     yield holder["s"].address
     sync(runner.loop, stop)
     runner.stop()
+
+
+async def test_live_widget_follows_worker_progress(server, scheduler):
+    ipywidgets = pytest.importorskip("ipywidgets", reason="the live widget needs ipywidgets")
+    import asyncio
+
+    import dask.config
+
+    base = dict(scheduler_address=scheduler.address)
+    server.routes[("GET", API + "clusters/c6")] = (200, running("c6", scheduler))
+    with dask.config.set({"cmsaf.client.refresh-interval": 0.1, "distributed.deploy.cluster-repr-interval": "100ms"}):
+        cluster = await HubCluster.from_id("c6", hub=Hub(config=server.config(), asynchronous=True), asynchronous=True)
+    try:
+        tab = cluster._widget()
+        assert isinstance(tab, ipywidgets.Tab)
+        status = tab.children[0]
+        assert "<td>1</td>" in status.value  # pending in queue, from the first report
+        held = {"requested": 3, "pending": 0, "running": 1, "held": 2, "failed": 0,
+                "held_reasons": ["Job exceeded memory request"]}
+        server.routes[("GET", API + "clusters/c6")] = (200, cluster_json("c6", workers=held, **base))
+        for _ in range(100):
+            if "Job exceeded memory request" in status.value:
+                break
+            await asyncio.sleep(0.05)
+        assert "Job exceeded memory request" in status.value
+        assert "Workers: 1 / 3" in tab.children[1].children[0].value
+    finally:
+        await cluster.close()
