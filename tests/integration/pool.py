@@ -33,6 +33,8 @@ from tests.integration.iam_tokens import client_registration, condor_token
 POOL_USERS = ["alice", "bob", "cmsafsvc"]
 SYSTEM_CA_DIR = Path("/usr/local/share/ca-certificates")
 POOL_START_TIMEOUT = 120
+#: With an "@" the name is taken as is (otherwise HTCondor appends "@<host name>").
+SCHEDD_NAME = "cmsaf-test-schedd@cmsaf.test"
 
 
 def skip_reason() -> str | None:
@@ -82,7 +84,7 @@ USE_SHARED_PORT = False
 MACHINE_RESOURCE_INVENTORY_GPUs =
 UID_DOMAIN = cmsaf.test
 TRUST_UID_DOMAIN = True
-SCHEDD_NAME = cmsaf-test-schedd
+SCHEDD_NAME = {SCHEDD_NAME}
 NUM_CPUS = 4
 MEMORY = 8192
 NUM_SLOTS = 1
@@ -137,6 +139,20 @@ def ensure_system_user(name: str) -> bool:
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
         return True
+
+
+def open_path_to(target: Path) -> list[tuple[Path, int]]:
+    """Let job owners reach ``target`` (e.g. a Python under /root): add o+x on directories above it.
+
+    Returns the (directory, old mode) pairs changed, to restore afterwards.
+    """
+    changed = []
+    for directory in reversed(Path(target).resolve().parents):
+        mode = directory.stat().st_mode & 0o7777
+        if not mode & 0o001:
+            os.chmod(directory, mode | 0o001)
+            changed.append((directory, mode))
+    return changed
 
 
 def trust_ca(ca_cert: Path) -> Path:
@@ -197,9 +213,10 @@ def personal_pool(token_lifetime: int = 30) -> Iterator[Pool]:
     iam = DevIAM(work / "iam", users_file=users_file(work / "users.json"), clients=[client_registration()],
                  access_token_lifetime=token_lifetime)
     iam.start_blocking()
-    created, ca_link, master = [], None, None
+    created, ca_link, master, opened = [], None, None, []
     try:
         ca_link = trust_ca(iam.ca_cert)
+        opened = open_path_to(Path(sys.executable)) + open_path_to(Path(__file__))  # jobs run our Python
         created = ensure_local_users(POOL_USERS)
         if ensure_system_user("condor"):  # root daemons do their own bookkeeping as "condor"
             created.append("condor")
@@ -211,22 +228,27 @@ def personal_pool(token_lifetime: int = 30) -> Iterator[Pool]:
                 os.chown(local / sub, condor.pw_uid, condor.pw_gid)
         os.chmod(local / "execute", 0o755)
         pki = ensure_dev_pki(iam.state_dir)  # the same CA and host certificate the dev IAM serves
+        host_cert, host_key = local / "host.pem", local / "host-key.pem"
+        for source, target in ((pki.server_cert, host_cert), (pki.server_key, host_key)):
+            shutil.copy(source, target)
+            os.chown(target, condor.pw_uid, condor.pw_gid)
+            os.chmod(target, 0o600)
         mapfile = local / "mapfile"
         mapfile.write_text(mapfile_lines(iam.issuer, {u: iam.user(u)["sub"] for u in POOL_USERS}))
         config_path = local / "condor_config"
         port = free_port()
-        config_path.write_text(condor_config(local, port=port, cert=pki.server_cert, key=pki.server_key,
+        config_path.write_text(condor_config(local, port=port, cert=host_cert, key=host_key,
                                              mapfile=mapfile))
         server_env = {**os.environ, "CONDOR_CONFIG": str(config_path)}
         master = subprocess.Popen(["condor_master", "-f"], env=server_env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait_for_schedd(server_env, "cmsaf-test-schedd")
+        _wait_for_schedd(server_env, SCHEDD_NAME)
         client_config = {
             "COLLECTOR_HOST": f"127.0.0.1:{port}",
             "SEC_CLIENT_AUTHENTICATION_METHODS": "SCITOKENS",
             "AUTH_SSL_CLIENT_CAFILE": str(iam.ca_cert),
         }
-        yield Pool(iam=iam, local_dir=local, schedd_name="cmsaf-test-schedd", condor_config=client_config,
+        yield Pool(iam=iam, local_dir=local, schedd_name=SCHEDD_NAME, condor_config=client_config,
                    service_token_file=work / "cmsafsvc.token", env=server_env)
     finally:
         if master is not None:
@@ -242,4 +264,6 @@ def personal_pool(token_lifetime: int = 30) -> Iterator[Pool]:
             subprocess.run(["update-ca-certificates", "--fresh"], capture_output=True)
         for user in created:
             subprocess.run(["userdel", user], capture_output=True)
+        for directory, mode in reversed(opened):
+            os.chmod(directory, mode)
         shutil.rmtree(work, ignore_errors=True)
