@@ -11,6 +11,7 @@ import httpx
 import jwt
 import pytest
 
+from devstack.hub import HubError
 from tests.harness.login import login_via_iam, trusting
 
 EXCHANGES = {
@@ -106,6 +107,13 @@ async def test_login_groups_admins_refusal_exchanges_and_no_leaks(hub_factory):
     assert leaked == []
     assert await metric(hub, "cmsaf_iam_failures_total", 'operation="exchange",reason="invalid_scope"') >= 2
     assert await metric(hub, "cmsaf_iam_idp_calls_total", 'grant="authorization_code"') == 3
+    assert await metric(hub, "cmsaf_iam_exchange_duration_seconds_count", 'exchange="condor"') == 2  # alice, bob
+
+
+@pytest.mark.slow
+async def test_hub_refuses_to_start_without_crypt_key(hub_factory):
+    with pytest.raises(HubError, match="JUPYTERHUB_CRYPT_KEY"):
+        await hub_factory(extra_config=iam_config(EXCHANGES), env={"JUPYTERHUB_CRYPT_KEY": ""})
 
 
 @pytest.mark.slow
