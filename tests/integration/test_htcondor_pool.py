@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+import cloudpickle
 import jwt
 import pytest
 from distributed import Client
@@ -107,6 +108,13 @@ async def wait_phase(backend, spec, phase: WorkerPhase, names=None, timeout=PHAS
         await asyncio.sleep(2)
 
 
+def by_value(fn):
+    """Ship ``fn`` to Dask processes by value: schedulers and job workers cannot import this module."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return fn
+
+
+@by_value
 def worker_names(dask_scheduler) -> list[str]:
     return sorted(str(ws.name) for ws in dask_scheduler.workers.values())
 
@@ -207,6 +215,7 @@ async def test_scheduler_as_a_job_publishes_its_address_and_serves_workers(harne
         assert await client.submit(lambda x: x * 2, 21) == 42
 
 
+@by_value
 def read_token(target_dir_env: str = "CMSAF_TOKEN_DIR") -> str:
     with open(os.path.join(os.environ[target_dir_env], "condor.token")) as f:
         return f.read()
