@@ -105,10 +105,18 @@ def test_sync_api_from_plain_code(server, scheduler_in_thread):
     address = scheduler_in_thread
     server.routes[("POST", API + "clusters")] = (201, cluster_json("c4", "running", scheduler_address=address))
     server.routes[("DELETE", API + "clusters/c4")] = (204, None)
+    server.routes[("GET", API + "clusters/c4")] = (200, cluster_json("c4", "running", scheduler_address=address))
     with HubCluster(hub=Hub(config=server.config()), workers=1) as cluster:
         with cluster.get_client() as client:
             assert client.submit(pow, 2, 5).result() == 32
     assert server.requests[-1].method == "DELETE"
+    with Hub(config=server.config()) as hub:
+        with hub.connect("c4") as again:  # shares the handle's event loop
+            with again.get_client() as client:
+                assert client.submit(pow, 3, 2).result() == 9
+        with hub.new_cluster(workers=1) as made:
+            assert made.shutdown_on_close and made.cluster_id == "c4"
+    assert [r.method for r in server.requests].count("DELETE") == 2
 
 
 @pytest.fixture
