@@ -184,6 +184,15 @@ async def test_without_a_service_identity_each_owner_polls_their_own_clusters(ba
     ]
 
 
+async def test_an_owner_without_a_known_token_does_not_hide_other_owners_clusters(backend):
+    backend.service_token_file = ""
+    write_script(backend.record_dir, query=[queue_ad("5.0", 2, "c1")])
+    await backend.submit_workers(spec("c1", "alice"), 1)
+    observed = await backend.poll([spec("c1", "alice", tokens=False, state={"workers": {"5.0": {}}}),
+                                   spec("c2", "bob", tokens=False)])  # bob's token was never seen
+    assert set(observed) == {"c1"} and observed["c1"].workers["5.0"].phase is WorkerPhase.RUNNING
+
+
 async def test_scale_down_retires_the_exact_workers_through_the_scheduler_then_removes_their_jobs(backend):
     async with Scheduler(port=0, dashboard_address=":0") as s:
         async with Worker(s.address, name="100.0"), Worker(s.address, name="100.1"), Worker(s.address, name="100.2"):

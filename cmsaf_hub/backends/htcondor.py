@@ -328,9 +328,17 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             by_owner: dict[str, list[ClusterSpec]] = defaultdict(list)
             for c in clusters:
                 by_owner[c.owner].append(c)
-            for owned in by_owner.values():
+            for owner, owned in by_owner.items():
                 constraint = cluster_constraint(c.id for c in owned)
-                ads += await self._as_owner(owned[0], "polling the queue", "query", schedd, constraint, POLL_PROJECTION)
+                try:
+                    ads += await self._as_owner(owned[0], "polling the queue", "query", schedd, constraint, POLL_PROJECTION)
+                except BackendError as e:  # one owner's failure must not hide everyone else's clusters
+                    self.log.warning("Not observing %d clusters of %s this time: %s", len(owned), owner, e)
+                    for c in owned:
+                        known.pop(c.id)
+            clusters = [c for c in clusters if c.id in known]
+            if not known:
+                return {}
         missing = missing_jobs(known, ads)
         history: list[dict[str, Any]] = []
         if missing:
