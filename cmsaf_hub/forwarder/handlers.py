@@ -1,0 +1,134 @@
+"""The two routes of a cluster: its dashboard (HTTP and Bokeh websockets) and its scheduler comm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+
+from .base import ForwarderHandler
+from .target import Target
+
+#: Request headers never sent to a dashboard: hop-by-hop ones, and the hub credentials (secrets the
+#: scheduler has no use for).
+DROPPED_REQUEST_HEADERS = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+              "Transfer-Encoding", "Upgrade", "Host", "Authorization", "Cookie", "Content-Length")
+)
+DROPPED_RESPONSE_HEADERS = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Server", "Date", "Set-Cookie")
+)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def upstream_ws_url(http_root: str, uri: str) -> str:
+    """``http://host:port`` + ``/path?query`` -> ``ws://host:port/path?query`` (https -> wss)."""
+    root = http_root.rstrip("/")
+    if root.startswith("https://"):
+        return "wss://" + root[len("https://"):] + uri
+    return "ws://" + root.removeprefix("http://") + uri
+
+
+def parse_subprotocols(header: str | None) -> list[str] | None:
+    values = [p.strip() for p in (header or "").split(",") if p.strip()]
+    return values or None
+
+
+class DashboardHandler(ForwarderHandler):
+    """``<prefix>/clusters/<id>/dashboard/<path>``: the cluster's dashboard, paths passed through as-is.
+
+    The scheduler serves its dashboard under :func:`~cmsaf_hub.forwarder.target.dashboard_prefix`, so
+    the public path *is* the upstream path and every link the dashboard renders stays valid.
+    """
+
+    async def get(self, cluster_id: str, path: str = "") -> None:
+        target = await self.admit(cluster_id, accept_worker_credential=False)
+        if not target.dashboard_address:
+            raise web.HTTPError(503)
+        if self.is_websocket_request():
+            subprotocols = parse_subprotocols(self.request.headers.get("Sec-WebSocket-Protocol"))
+            await self.connect_upstream(upstream_ws_url(target.dashboard_address, self.request.uri or "/"), subprotocols)
+            await super().get(cluster_id, path)
+        else:
+            await self.proxy_http(target)
+
+    async def head(self, cluster_id: str, path: str = "") -> None:
+        target = await self.admit(cluster_id, accept_worker_credential=False)
+        if not target.dashboard_address:
+            raise web.HTTPError(503)
+        await self.proxy_http(target)
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        """Agree to whatever the dashboard agreed (Bokeh passes its session token this way)."""
+        return self.upstream.selected_subprotocol if self.upstream is not None else None
+
+    async def proxy_http(self, target: Target) -> None:
+        """One buffered request/response, bounded by ``Forwarder.max_body_size``."""
+        assert target.dashboard_address
+        root = target.dashboard_address.rstrip("/")
+        headers = {k: v for k, v in self.request.headers.get_all() if k.lower() not in DROPPED_REQUEST_HEADERS}
+        chunks: list[bytes] = []
+        size = 0
+
+        def collect(chunk: bytes) -> None:
+            nonlocal size
+            size += len(chunk)
+            if size > self.forwarder.max_body_size:
+                raise _BodyTooLarge()
+            chunks.append(chunk)
+
+        request = HTTPRequest(
+            root + (self.request.uri or "/"),
+            method=self.request.method,
+            headers=headers,
+            follow_redirects=False,
+            decompress_response=False,
+            connect_timeout=self.forwarder.connect_timeout,
+            request_timeout=self.forwarder.dashboard_request_timeout,
+            streaming_callback=collect,
+            ssl_options=target.upstream_ssl,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except _BodyTooLarge:
+            raise web.HTTPError(502, reason="Dashboard response too large") from None
+        except (OSError, StreamClosedError, HTTPClientError) as e:
+            self.log.warning("forwarder: dashboard of %s unreachable: %s", target.cluster_id, type(e).__name__)
+            raise web.HTTPError(503) from None
+        if response.code == 599:  # tornado's "no HTTP response" (timeout, reset)
+            raise web.HTTPError(503)
+        self.set_status(response.code, response.reason)
+        self._headers.clear()
+        for name, value in response.headers.get_all():
+            if name.lower() in DROPPED_RESPONSE_HEADERS:
+                continue
+            if name.lower() == "location" and value.startswith(root):
+                value = value[len(root):] or "/"
+            self.add_header(name, value)
+        if self.request.method != "HEAD" and response.code not in (204, 304):
+            self.write(b"".join(chunks))
+        self.finish()
+
+
+class CommRelayHandler(ForwarderHandler):
+    """``<prefix>/clusters/<id>/comm``: a websocket relay to the scheduler's ``ws://`` listener.
+
+    ``distributed`` clients authenticate with their hub token, workers with the cluster's worker
+    credential; both as ``Authorization: token <value>``.
+    """
+
+    async def get(self, cluster_id: str, *args: Any) -> None:
+        if not self.is_websocket_request():
+            raise web.HTTPError(400, reason="Connect with a Dask ws:// or wss:// comm")
+        target = await self.admit(cluster_id, accept_worker_credential=True)
+        if not target.scheduler_ws_address:
+            raise web.HTTPError(503)
+        await self.connect_upstream(target.scheduler_ws_address.rstrip("/") + "/")
+        await super().get(cluster_id)

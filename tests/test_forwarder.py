@@ -1,0 +1,416 @@
+"""The forwarder behind a real JupyterHub and configurable-http-proxy.
+
+A small hub (dummy authenticator, real CHP) routes ``/services/cmsaf/`` to a tornado app that mounts
+only :func:`cmsaf_hub.forwarder.forwarder_handlers` (plus the OAuth callback), with a resolver over a
+dict the tests edit. Real distributed schedulers (tcp + ws listeners, prefixed dashboards) and workers
+sit behind it. Every request below goes through CHP, as a user's would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from distributed import Client, Scheduler, Worker
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from tornado import web
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpserver import HTTPServer
+from tornado.websocket import websocket_connect
+
+from cmsaf_hub.comm import CREDENTIAL_ENV, hub_security, hub_worker_command
+from cmsaf_hub.forwarder import ClusterState, Target, dashboard_prefix, forwarder_handlers, new_worker_credential
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+REPO = Path(__file__).resolve().parent.parent
+CHP = REPO / "devstack" / "node_modules" / ".bin" / "configurable-http-proxy"
+JUPYTERHUB = Path(sys.executable).parent / "jupyterhub"
+PREFIX = "/services/cmsaf/"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MiniHub:
+    """A real JupyterHub + CHP with an external service ``cmsaf`` at ``service_port``."""
+
+    state_dir: Path
+    port: int = field(default_factory=free_port)
+    hub_port: int = field(default_factory=free_port)
+    proxy_api_port: int = field(default_factory=free_port)
+    service_port: int = field(default_factory=free_port)
+    service_token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.hub_port}/hub/api"
+
+    def config(self) -> str:
+        return f"""
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {self.port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {self.hub_port}
+c.JupyterHub.db_url = "sqlite:///{self.state_dir}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{self.state_dir}/cookie_secret"
+c.JupyterHub.pid_file = "{self.state_dir}/hub.pid"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
+c.ConfigurableHTTPProxy.pid_file = "{self.state_dir}/proxy.pid"
+c.ConfigurableHTTPProxy.check_running_interval = 1
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = "pw"
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {{"bob"}}
+c.JupyterHub.services = [
+    {{"name": "cmsaf", "url": "http://127.0.0.1:{self.service_port}", "api_token": {self.service_token!r},
+      "oauth_no_confirm": True}},
+    {{"name": "admin", "api_token": {self.admin_token!r}}},
+]
+c.JupyterHub.load_roles = [
+    {{"name": "user", "scopes": ["self", "access:services"]}},
+    {{"name": "admin-svc", "scopes": ["admin:users", "tokens"], "services": ["admin"]}},
+]
+"""
+
+    async def start(self) -> None:
+        (self.state_dir / "jupyterhub_config.py").write_text(self.config())
+        log = open(self.state_dir / "hub.log", "ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            str(JUPYTERHUB), "-f", str(self.state_dir / "jupyterhub_config.py"),
+            cwd=self.state_dir, stdout=log, stderr=subprocess.STDOUT,
+        )
+        async with httpx.AsyncClient() as http:
+            for _ in range(480):  # a loaded 2-core machine can take a minute
+                try:
+                    if (await http.get(f"{self.url}/hub/api")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if self.proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.25)
+        await self.stop()
+        raise RuntimeError("hub did not start:\n" + self.log_tail())
+
+    def log_tail(self) -> str:
+        return (self.state_dir / "hub.log").read_text(errors="replace")[-3000:]
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.wait(), 30)
+
+    async def user_token(self, name: str) -> str:
+        async with httpx.AsyncClient(base_url=self.api_url, headers={"Authorization": f"token {self.admin_token}"}) as api:
+            r = await api.post(f"/users/{name}")
+            assert r.status_code in (201, 409), r.text
+            r = await api.post(f"/users/{name}/tokens", json={"note": "forwarder tests"})
+            r.raise_for_status()
+            return r.json()["token"]
+
+    def proxy_pid(self) -> int:
+        return int((self.state_dir / "proxy.pid").read_text())
+
+
+class Service:
+    """The part of the cluster service the forwarder needs: a tornado app, a resolver, HubOAuth."""
+
+    def __init__(self, hub: MiniHub):
+        self.hub = hub
+        self.clusters: dict[str, Target] = {}
+        self.server: HTTPServer | None = None
+        self.hub_auth = HubOAuth(
+            api_token=hub.service_token,
+            api_url=hub.api_url,
+            oauth_client_id="service-cmsaf",
+            oauth_redirect_uri=f"{hub.url}{PREFIX}oauth_callback",
+            base_url=PREFIX,
+            hub_prefix="/hub/",
+            access_scopes={"access:services!service=cmsaf"},
+        )
+
+    async def resolve(self, cluster_id: str) -> Target | None:
+        return self.clusters.get(cluster_id)
+
+    def start(self) -> None:
+        app = web.Application(
+            [
+                *forwarder_handlers(PREFIX, self.resolve, self.hub_auth),
+                (PREFIX + "oauth_callback", HubOAuthCallbackHandler),
+            ],
+            hub_auth=self.hub_auth,
+            cookie_secret=b"forwarder-tests-" + secrets.token_bytes(16),
+        )
+        self.server = HTTPServer(app)
+        self.server.listen(self.hub.service_port, "127.0.0.1")
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.stop()
+        await self.server.close_all_connections()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hub(tmp_path_factory):
+    h = MiniHub(tmp_path_factory.mktemp("minihub"))
+    await h.start()
+    yield h
+    await h.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service(hub):
+    s = Service(hub)
+    s.start()
+    yield s
+    await s.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def tokens(hub):
+    return {name: await hub.user_token(name) for name in ("alice", "bob", "eve")}
+
+
+async def start_scheduler(cluster_id: str) -> Scheduler:
+    scheduler = Scheduler(
+        protocol=["tcp", "ws"], port=[0, 0], host="127.0.0.1", dashboard_address="127.0.0.1:0",
+        http_prefix=dashboard_prefix(PREFIX, cluster_id), idle_timeout=None,
+    )
+    await scheduler
+    return scheduler
+
+
+def target_for(scheduler: Scheduler, cluster_id: str, owner: str, credential_sha256: str | None = None) -> Target:
+    ws_port = next(listener.get_host_port()[1] for listener in scheduler.listeners if listener.prefix == "ws://")
+    return Target(
+        cluster_id=cluster_id,
+        owner=owner,
+        state=ClusterState.RUNNING,
+        scheduler_ws_address=f"ws://127.0.0.1:{ws_port}",
+        dashboard_address=f"http://127.0.0.1:{scheduler.http_server.port}",
+        worker_credential_sha256=credential_sha256,
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def running(service):
+    """alice's cluster ``c1``: a scheduler and one in-process worker, registered with the resolver."""
+    scheduler = await start_scheduler("c1")
+    async with Worker(scheduler.address, nthreads=1, dashboard=False):
+        service.clusters["c1"] = target_for(scheduler, "c1", "alice")
+        yield scheduler
+    await scheduler.close()
+
+
+def comm_url(hub: MiniHub, cluster_id: str) -> str:
+    return f"ws://127.0.0.1:{hub.port}{PREFIX}clusters/{cluster_id}/comm"
+
+
+def dashboard_url(hub: MiniHub, cluster_id: str, path: str = "status") -> str:
+    return f"{hub.url}{PREFIX}clusters/{cluster_id}/dashboard/{path}"
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"token {token}"}
+
+
+async def test_owner_and_admin_get_the_dashboard_others_get_403(hub, running, tokens):
+    async with httpx.AsyncClient() as http:
+        for user in ("alice", "bob"):
+            r = await http.get(dashboard_url(hub, "c1"), headers=auth(tokens[user]))
+            assert r.status_code == 200, (user, r.text[:300])
+            assert f"{PREFIX}clusters/c1/dashboard/static/js/bokeh.min.js" in r.text
+        # a static file linked from the page loads through the same route
+        script = re.search(r'src="([^"]*bokeh\.min\.js[^"]*)"', r.text).group(1)
+        js = await http.get(hub.url + script, headers=auth(tokens["alice"]))
+        assert js.status_code == 200 and len(js.content) > 100_000
+
+        foreign = await http.get(dashboard_url(hub, "c1"), headers=auth(tokens["eve"]))
+        unknown = await http.get(dashboard_url(hub, "no-such-cluster"), headers=auth(tokens["eve"]))
+        assert foreign.status_code == unknown.status_code == 403
+        assert foreign.json() == unknown.json() == {"error": "You may not use this cluster."}
+        assert "Bokeh" not in foreign.text
+
+
+async def test_missing_or_bad_credentials(hub, running, tokens):
+    async with httpx.AsyncClient() as http:
+        r = await http.get(dashboard_url(hub, "c1"), headers={"Accept": "application/json"})
+        assert r.status_code == 401 and "error" in r.json()
+        r = await http.get(dashboard_url(hub, "c1"), headers=auth("not-a-token"))
+        assert r.status_code == 401
+        # a browser without a cookie is sent to the hub's OAuth login
+        r = await http.get(dashboard_url(hub, "c1"), headers={"Accept": "text/html"})
+        assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"]
+
+
+async def test_starting_is_503_with_retry_after_and_stopped_is_404(hub, service, tokens):
+    service.clusters["c-start"] = Target("c-start", "alice", ClusterState.STARTING)
+    service.clusters["c-stop"] = Target("c-stop", "alice", ClusterState.STOPPED)
+    async with httpx.AsyncClient() as http:
+        r = await http.get(dashboard_url(hub, "c-start"), headers=auth(tokens["alice"]))
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert "not up yet" in r.json()["error"]
+        r = await http.get(dashboard_url(hub, "c-start"), headers={**auth(tokens["alice"]), "Accept": "text/html"})
+        assert r.status_code == 503 and r.headers["content-type"].startswith("text/html") and "<h1>503" in r.text
+        r = await http.get(dashboard_url(hub, "c-stop"), headers=auth(tokens["alice"]))
+        assert r.status_code == 404 and "stopped" in r.json()["error"]
+        # someone else learns nothing about either
+        for cid in ("c-start", "c-stop"):
+            r = await http.get(dashboard_url(hub, cid), headers=auth(tokens["eve"]))
+            assert r.status_code == 403
+    with pytest.raises(HTTPClientError) as e:
+        await websocket_connect(HTTPRequest(comm_url(hub, "c-start"), headers=auth(tokens["alice"])))
+    assert e.value.code == 503
+
+
+async def test_bokeh_websocket_data_through_the_relay(hub, running, tokens):
+    async with httpx.AsyncClient() as http:
+        page = await http.get(dashboard_url(hub, "c1"), headers=auth(tokens["alice"]))
+    session_token = re.search(r'"token":"([^"]+)"', page.text).group(1)
+    ws_url = f"ws://127.0.0.1:{hub.port}{PREFIX}clusters/c1/dashboard/status/ws"
+
+    with pytest.raises(HTTPClientError) as e:  # eve cannot open it, even with a valid session token
+        await websocket_connect(HTTPRequest(ws_url, headers=auth(tokens["eve"])), subprotocols=["bokeh", session_token])
+    assert e.value.code == 403
+
+    ws = await websocket_connect(HTTPRequest(ws_url, headers=auth(tokens["alice"])), subprotocols=["bokeh", session_token])
+    try:
+        assert ws.selected_subprotocol == "bokeh"
+        ack = [json.loads(await ws.read_message()) for _ in range(3)]
+        assert ack[0]["msgtype"] == "ACK"
+        for part in ({"msgid": "1", "msgtype": "PULL-DOC-REQ"}, {}, {}):
+            await ws.write_message(json.dumps(part))
+        for _ in range(100):  # the dashboard also pushes PATCH-DOC updates; find our reply among them
+            header = json.loads(await ws.read_message())
+            await ws.read_message()  # metadata
+            content = json.loads(await ws.read_message())
+            for _ in range(header.get("num_buffers", 0)):
+                await ws.read_message()
+            if header["msgtype"] == "PULL-DOC-REPLY":
+                break
+        assert header["msgtype"] == "PULL-DOC-REPLY"
+        assert content["doc"]["roots"], "the dashboard document has no plots"
+    finally:
+        ws.close()
+
+
+async def test_client_computes_through_the_hub_with_a_token(hub, running, tokens):
+    async with Client(comm_url(hub, "c1"), security=hub_security(tokens["alice"]), asynchronous=True) as client:
+        assert await client.submit(sum, [1, 2, 3]) == 6
+        data = await client.scatter(b"x" * 20_000_000)  # bigger than one websocket shard
+        assert len(await client.gather(data)) == 20_000_000
+    with pytest.raises(OSError):
+        await Client(comm_url(hub, "c1"), security=hub_security(tokens["eve"]), asynchronous=True, timeout=5)
+
+
+async def test_worker_joins_through_the_hub_with_only_url_and_credential(hub, service, tokens, tmp_path):
+    secret, digest = new_worker_credential()
+    scheduler = await start_scheduler("c2")
+    service.clusters["c2"] = target_for(scheduler, "c2", "alice", digest)
+    env = {**os.environ, CREDENTIAL_ENV: secret}
+    worker = subprocess.Popen(
+        hub_worker_command(comm_url(hub, "c2"), "--nthreads", "1", "--no-dashboard", "--name", "outbound-1"),
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "wb"),
+    )
+    try:
+        async with Client(comm_url(hub, "c2"), security=hub_security(tokens["alice"]), asynchronous=True) as client:
+            await client.wait_for_workers(1, timeout=60)
+            info = client.scheduler_info()["workers"]
+            [(address, model)] = info.items()
+            assert model["name"] == "outbound-1" and address.startswith("tcp://")  # worker-to-worker stays direct
+            assert await client.submit(pow, 2, 10) == 1024
+        assert secret not in (tmp_path / "worker.log").read_text()
+
+        # the credential is no hub token, and a wrong one gets nobody in
+        with pytest.raises(OSError):
+            await Client(comm_url(hub, "c2"), security=hub_security(secret[::-1]), asynchronous=True, timeout=5)
+        with pytest.raises(OSError):  # nor does it open another cluster
+            await Client(comm_url(hub, "c1"), security=hub_security(secret), asynchronous=True, timeout=5)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+        await scheduler.close()
+        del service.clusters["c2"]
+
+
+async def test_secrets_stay_out_of_logs_and_reprs(hub, running, tokens, caplog):
+    secret, digest = new_worker_credential()
+    target = replace(service_target := Target("x", "alice", ClusterState.RUNNING), worker_credential_sha256=digest)
+    assert digest not in repr(target) and repr(service_target)
+    assert tokens["alice"] not in repr(hub_security(tokens["alice"]))
+    caplog.set_level(logging.DEBUG)
+    async with httpx.AsyncClient() as http:
+        await http.get(dashboard_url(hub, "c1"), headers=auth(tokens["eve"]))
+        await http.get(dashboard_url(hub, "c1"), headers=auth(secret))
+    assert tokens["eve"] not in caplog.text and secret not in caplog.text
+    assert "-> 403" in caplog.text  # the refusal itself is logged
+
+
+async def test_stopping_a_cluster_removes_access(hub, service, tokens):
+    scheduler = await start_scheduler("c3")
+    service.clusters["c3"] = target_for(scheduler, "c3", "alice")
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(dashboard_url(hub, "c3"), headers=auth(tokens["alice"]))).status_code == 200
+        await scheduler.close()
+        # the service has not noticed yet: the relay answers 503, never a stale page
+        r = await http.get(dashboard_url(hub, "c3"), headers=auth(tokens["alice"]))
+        assert r.status_code == 503
+        service.clusters["c3"] = replace(service.clusters["c3"], state=ClusterState.STOPPED)
+        assert (await http.get(dashboard_url(hub, "c3"), headers=auth(tokens["alice"]))).status_code == 404
+    with pytest.raises(OSError):
+        await Client(comm_url(hub, "c3"), security=hub_security(tokens["alice"]), asynchronous=True, timeout=5)
+
+
+async def wait_for_status(url: str, token: str, status: int, attempts: int = 200) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(attempts):
+            try:
+                if (await http.get(url, headers=auth(token))).status_code == status:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered {status}")
+
+
+async def test_service_and_proxy_restarts_restore_access(hub, service, running, tokens):
+    async with Client(comm_url(hub, "c1"), security=hub_security(tokens["alice"]), asynchronous=True) as client:
+        assert await client.submit(abs, -1) == 1
+
+        await service.stop()
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(dashboard_url(hub, "c1"), headers=auth(tokens["alice"]))).status_code == 503
+        service.start()  # a new process would rebuild the same resolver from its database
+        await wait_for_status(dashboard_url(hub, "c1"), tokens["alice"], 200)
+        assert await client.submit(abs, -2) == 2  # the client reconnected through the relay
+
+        os.kill(hub.proxy_pid(), signal.SIGKILL)  # the hub restarts CHP and restores the service route
+        await asyncio.sleep(0.5)
+        await wait_for_status(dashboard_url(hub, "c1"), tokens["alice"], 200)
+        assert await client.submit(abs, -3) == 3
