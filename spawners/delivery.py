@@ -12,7 +12,7 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from tornado import web
-from traitlets import Dict, Unicode
+from traitlets import Dict, Unicode, default
 from traitlets.config import Configurable
 
 from .tokens import (
@@ -124,6 +124,16 @@ class TokenDeliveryMixin(Configurable):
         help="""``DASK_LABEXTENSION__FACTORY__CLASS``: the cluster class the Dask JupyterLab
         extension creates.""",
     ).tag(config=True)
+
+    @default("server_token_scopes")
+    def _default_server_token_scopes(self) -> list[str]:
+        # JupyterHub's "server" role, plus access to the cluster service: the refresher, the Dask
+        # client and dask-labextension all call the service with $JUPYTERHUB_API_TOKEN.
+        return [
+            "users:activity!user",
+            "access:servers!server",
+            f"access:services!service={self.service_name}",
+        ]
 
     #: Names of the tokens this session got at start (set by ``load_session_tokens``).
     session_token_names: tuple[str, ...] = ()

@@ -44,7 +44,7 @@ class RefreshPolicy:
     max_delay: float = 1800.0
     #: First delay after a failure; doubled on each further failure up to ``retry_max``.
     retry_initial: float = 1.0
-    retry_max: float = 60.0
+    retry_max: float = 30.0
 
 
 def next_refresh_delay(expires_at: float | None, now: float, policy: RefreshPolicy) -> float:
@@ -128,8 +128,15 @@ class TokenRefresher:
         return token_files(tokens), earliest_expiry(tokens.values())
 
     async def refresh_once(self) -> float | None:
-        """Fetch and write the files; return the earliest expiry of what was written."""
+        """Fetch and write the files; return the earliest expiry of what was written.
+
+        Tokens that are already expired count as a failure (the hub could not refresh them).
+        """
         files, expires_at = await self.fetch_files()
+        now = self.clock()
+        if expires_at is not None and expires_at <= now:
+            # The hub could not refresh them (IdP unreachable?): nothing worth writing; back off.
+            raise RefreshError(f"token endpoint returned tokens expired {now - expires_at:.0f}s ago")
         loop = asyncio.get_running_loop()
         written = await loop.run_in_executor(
             None, write_token_files, self.config.token_dir, files

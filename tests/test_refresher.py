@@ -190,6 +190,18 @@ async def test_bad_replies_raise_and_leave_files_alone(tmp_path, status, body, m
     assert read_tokens(tmp_path) == {"condor.token": "old\n"}
 
 
+async def test_expired_tokens_from_the_service_count_as_a_failure(tmp_path):
+    issuer = FakeIssuer(lifetime=-5)  # the hub could not refresh them (IdP down)
+    server, port = start_server(issuer)
+    (tmp_path / "condor.token").write_text("old\n")
+    try:
+        with pytest.raises(RefreshError, match=r"returned tokens expired \d+s ago"):
+            await TokenRefresher(make_config(port, tmp_path)).refresh_once()
+    finally:
+        server.stop()
+    assert read_tokens(tmp_path) == {"condor.token": "old\n"}
+
+
 async def test_wrong_hub_token_is_refused(tmp_path):
     issuer = FakeIssuer()
     server, port = start_server(issuer)

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -180,3 +181,89 @@ async def test_missing_auth_state_is_a_clear_spawn_error(hub_factory, tmp_path):
     async with hub.admin_client() as api:
         assert (await api.get("/")).status_code == 200  # the hub keeps running
     assert not (tmp_path / "sessions" / "carol").exists()
+
+
+def cmsaf_service_config(state_dir: Path) -> str:
+    """Register the cluster service (token endpoint) unless the repository's config already does."""
+    return f"""
+import sys
+import time
+from cryptography.fernet import Fernet
+from devstack.hub import free_port
+_services = c.JupyterHub.services
+_services = _services.to_dict().get("extend", []) if hasattr(_services, "to_dict") else _services
+if not any(s.get("name") == "cmsaf" for s in _services):
+    c.JupyterHub.services.append({{
+        "name": "cmsaf",
+        "url": f"http://127.0.0.1:{{free_port()}}",
+        "command": [sys.executable, "-m", "cmsaf_hub", "--db-url", "sqlite:///{state_dir}/cmsaf.sqlite"],
+        "environment": {{"CMSAF_SERVICE_CRYPT_KEY": Fernet.generate_key().decode()}},
+    }})
+    # users (and so their servers' tokens, see IAMLocalSpawner.server_token_scopes) may call it
+    c.JupyterHub.load_roles.append({{"name": "user", "scopes": ["self", "access:services!service=cmsaf"]}})
+    c.JupyterHub.load_roles.append({{
+        "name": "cmsaf-service",
+        "scopes": ["admin:auth_state", "read:users", "list:users", "read:users:groups"],
+        "services": ["cmsaf"],
+    }})
+"""
+
+
+def token_files_now(token_dir: Path) -> dict[str, str]:
+    return {name: (token_dir / name).read_text() for name in ("condor.token", "xrootd.token")}
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached: {what}")
+        await asyncio.sleep(0.5)
+
+
+async def test_short_lived_tokens_replaced_before_expiry_and_through_an_idp_outage(hub_factory, tmp_path):
+    session_root = tmp_path / "sessions"
+    hub = await hub_factory(
+        extra_config=local_spawner_config(session_root) + cmsaf_service_config(tmp_path),
+        iam_options={"access_token_lifetime": 60},
+    )
+    browser = await login_via_iam(hub, "alice", "alice-password")
+    await browser.aclose()
+    r = await start_server(hub, "alice")
+    assert r.status_code in (201, 202), r.text
+    token_dir = session_root / "alice" / "default" / "tokens"
+
+    # Several cycles: every condor token the session sees must still be valid when it is replaced.
+    seen: list[tuple[str, float]] = []  # (token, exp) in the order the session saw them
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 100
+    while len(seen) < 3 and loop.time() < deadline:
+        token = token_files_now(token_dir)["condor.token"].strip()
+        if not seen or seen[-1][0] != token:
+            claims = await verify_with_iam_jwks(hub, token, CONDOR_AUD)
+            if seen:
+                assert time.time() < seen[-1][1], "the previous condor token expired before being replaced"
+            seen.append((token, claims["exp"]))
+        await asyncio.sleep(0.5)
+    assert len(seen) >= 3, f"only {len(seen)} condor tokens seen in the session"
+    for path in token_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    # The IdP goes away: the refresher keeps asking (and backing off), then recovers once it is back.
+    await hub.iam.stop()
+    await wait_until(
+        lambda: "Token refresh failed (token endpoint returned tokens expired" in hub.log_text(),
+        120,
+        "the refresher noticing that the hub could not refresh while IAM is down",
+    )
+    before = token_files_now(token_dir)
+    await hub.iam.start()
+    await wait_until(lambda: token_files_now(token_dir) != before, 120, "token files replaced after IAM is back")
+    after = token_files_now(token_dir)
+    await verify_with_iam_jwks(hub, after["condor.token"].strip(), CONDOR_AUD)
+    await verify_with_iam_jwks(hub, after["xrootd.token"].strip(), XROOTD_AUD)
+
+    log_text = hub.log_text()
+    for token, _ in seen:
+        assert token not in log_text
