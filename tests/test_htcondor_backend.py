@@ -14,7 +14,8 @@ import pytest
 from distributed import Scheduler, Worker
 
 from cmsaf_hub.backends.base import BackendError, ClusterSpec, WorkerPhase
-from cmsaf_hub.backends.htcondor import HTCondorBackend, least_loaded_schedd
+from cmsaf_hub.backends.condor_status import least_loaded_schedd
+from cmsaf_hub.backends.htcondor import HTCondorBackend
 from tests.test_htcondor_seam import RecordingSeam, recorded_calls, write_script
 
 TOKENS = {

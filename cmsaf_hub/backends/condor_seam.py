@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .base import BackendError
+
 #: The identity used for reads covering every user's jobs (bulk poll, restart listing), when configured.
 SERVICE_IDENTITY = "@service"
 
@@ -54,6 +56,13 @@ def classify_error(message: str) -> str:
     if "submit" in text or "invalid" in text or "error in submit" in text:
         return "rejected"
     return "error"
+
+
+def seam_error(action: str, error: SeamError) -> BackendError:
+    """A user-facing backend error carrying HTCondor's own message."""
+    prefix = {"auth": "HTCondor refused the authentication", "unreachable": "HTCondor schedd unreachable",
+              "rejected": "HTCondor rejected the request"}.get(error.kind, "HTCondor error")
+    return BackendError(f"{prefix} while {action}: {error.message}", retryable=error.kind == "unreachable")
 
 
 def _ad_to_dict(ad: Any) -> dict[str, Any]:

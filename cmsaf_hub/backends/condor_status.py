@@ -138,3 +138,12 @@ def history_constraint(job_ids: Iterable[str]) -> str:
         cluster, proc = (int(x) for x in jid.split("."))
         parts.append(f"(ClusterId == {cluster} && ProcId == {proc})")
     return " || ".join(parts)
+
+
+def least_loaded_schedd(ads: list[dict[str, Any]]) -> str | None:
+    """The schedd with the fewest running + idle jobs (ties: by name); None if there is none."""
+    named = [ad for ad in ads if ad.get("Name")]
+    if not named:
+        return None
+    load = lambda ad: (int(ad.get("TotalRunningJobs") or 0) + int(ad.get("TotalIdleJobs") or 0), ad["Name"])  # noqa: E731
+    return min(named, key=load)["Name"]

@@ -43,30 +43,21 @@ from .condor_jobs import (
 )
 from .condor_retire import retire_workers
 from .condor_shape import CondorJobShapeConfig
-from .condor_seam import SERVICE_IDENTITY, CondorSeam, IdentityProcesses, SeamError
-from .condor_status import REMOVED_BY_US, history_constraint, missing_jobs, observe, phase_of_queued
+from .condor_seam import SERVICE_IDENTITY, CondorSeam, IdentityProcesses, SeamError, seam_error
+from .condor_status import (
+    REMOVED_BY_US,
+    history_constraint,
+    least_loaded_schedd,
+    missing_jobs,
+    observe,
+    phase_of_queued,
+)
 
 #: The scheduler job's preload, shipped into its sandbox as a file (read once, at import).
 PRELOAD_SOURCE = Path(condor_scheduler_preload.__file__).read_text()
 
 
 SCHEDD_LOAD_PROJECTION = ["Name", "TotalRunningJobs", "TotalIdleJobs", "TotalHeldJobs"]
-
-
-def least_loaded_schedd(ads: list[dict[str, Any]]) -> str | None:
-    """The schedd with the fewest running + idle jobs (ties: by name); None if there is none."""
-    named = [ad for ad in ads if ad.get("Name")]
-    if not named:
-        return None
-    load = lambda ad: (int(ad.get("TotalRunningJobs") or 0) + int(ad.get("TotalIdleJobs") or 0), ad["Name"])  # noqa: E731
-    return min(named, key=load)["Name"]
-
-
-def seam_error(action: str, error: SeamError) -> BackendError:
-    """A user-facing backend error carrying HTCondor's own message."""
-    prefix = {"auth": "HTCondor refused the authentication", "unreachable": "HTCondor schedd unreachable",
-              "rejected": "HTCondor rejected the request"}.get(error.kind, "HTCondor error")
-    return BackendError(f"{prefix} while {action}: {error.message}", retryable=error.kind == "unreachable")
 
 
 class HTCondorBackend(CondorJobShapeConfig, Backend):
