@@ -47,8 +47,10 @@ async def time_jobqueue(pool, n: int, token_file: Path) -> float:
     os.environ.update({f"_condor_{k}": v for k, v in pool.condor_config.items()})
     os.environ["_condor_SCITOKENS_FILE"] = str(token_file)
     token_file.write_text(await pool.token("alice"))
+    name = ["-name", pool.schedd_name]  # the pool's schedd is not the tools' default one
     cluster = await HTCondorCluster(cores=1, memory="512MiB", disk="100MiB", python=sys.executable,
-                                    asynchronous=True, scheduler_options={"host": "127.0.0.1"})
+                                    asynchronous=True, scheduler_options={"host": "127.0.0.1"},
+                                    submit_command_extra=name, cancel_command_extra=name)
     try:
         began = time.perf_counter()
         cluster.scale(n)
