@@ -104,8 +104,10 @@ class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
     def prepare_session_dirs(self, files: dict[str, str]) -> None:
         """Blocking: create the home (if ours) and token directory, write the initial files."""
         uid, gid = self.session_ids()
+        # The root is shared by all users (hub-owned, traversable); below it all is the user's.
+        os.makedirs(self.session_root, mode=0o755, exist_ok=True)
         if self.run_as_hub_user:
-            os.makedirs(self.session_home(), mode=0o700, exist_ok=True)
+            ensure_token_dir(self.session_home(), uid=uid, gid=gid)
         token_dir = self.resolved_token_dir()
         ensure_token_dir(token_dir, uid=uid, gid=gid)
         write_token_files(token_dir, files, uid=uid, gid=gid)

@@ -19,8 +19,20 @@ TOKEN_DIR_MODE = 0o700
 
 
 def ensure_token_dir(path: str, uid: int | None = None, gid: int | None = None) -> None:
-    """Create ``path`` (and parents) as a 0700 directory owned by ``uid``/``gid`` when given."""
-    os.makedirs(path, mode=TOKEN_DIR_MODE, exist_ok=True)
+    """Create ``path`` as a 0700 directory owned by ``uid``/``gid`` when given.
+
+    Missing parents are created the same way (0700, same owner), so the session user can always
+    reach its directory; parents that exist already are left alone.
+    """
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for directory in reversed(missing):
+        os.makedirs(directory, mode=TOKEN_DIR_MODE, exist_ok=True)
+        if uid is not None or gid is not None:
+            os.chown(directory, -1 if uid is None else uid, -1 if gid is None else gid)
     os.chmod(path, TOKEN_DIR_MODE)
     if uid is not None or gid is not None:
         os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
