@@ -28,7 +28,7 @@ from kubernetes_asyncio.client import V1Container, V1ObjectMeta, V1Secret, V1Vol
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.utils import get_k8s_model
-from traitlets import Dict, Int, List, Unicode, default
+from traitlets import Dict, List, Unicode, default
 
 from .delivery import TokenDeliveryMixin, spawn_refusal
 from .profiles import ImageNotAllowed, build_profile_list, check_image, custom_image_choice
