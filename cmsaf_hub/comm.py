@@ -51,19 +51,43 @@ class NoDelayWSSConnector(_NoDelay, WSSConnector):
     comm_class = WSS
 
 
-class NoDelayWSBackend(WSBackend):
+class _PathAware:
+    """Backend mixin: address helpers that accept ``host:port/path`` (a scheduler behind the hub).
+
+    distributed's own ``ws`` backend parses ``host:port`` only, so a nanny or worker given
+    ``ws://hub:443/services/cmsaf/clusters/x/comm`` fails while choosing its own listen address.
+    """
+
+    def get_address_host(self, loc: str) -> str:
+        return super().get_address_host(loc.partition("/")[0])  # type: ignore[misc]
+
+    def get_address_host_port(self, loc: str) -> tuple[str, int]:
+        return super().get_address_host_port(loc.partition("/")[0])  # type: ignore[misc]
+
+    def resolve_address(self, loc: str) -> str:
+        host_port, slash, path = loc.partition("/")
+        return super().resolve_address(host_port) + slash + path  # type: ignore[misc]
+
+    def get_local_address_for(self, loc: str) -> str:
+        return super().get_local_address_for(loc.partition("/")[0])  # type: ignore[misc]
+
+
+class NoDelayWSBackend(_PathAware, WSBackend):
     _connector_class = NoDelayWSConnector
 
 
-class NoDelayWSSBackend(WSSBackend):
+class NoDelayWSSBackend(_PathAware, WSSBackend):
     _connector_class = NoDelayWSSConnector
 
 
 def install_nodelay_ws() -> None:
-    """Make this process's ``ws://``/``wss://`` connections set TCP_NODELAY (idempotent).
+    """Make this process's ``ws://``/``wss://`` comms hub-ready (idempotent).
 
     Replaces the ``ws``/``wss`` entries of distributed's comm registry with subclasses that differ
-    only in that; listeners are unchanged (distributed's ``WSHandler`` already sets it server-side).
+    only in setting TCP_NODELAY on connect and in accepting URL paths in addresses; listeners are
+    unchanged (distributed's ``WSHandler`` already sets TCP_NODELAY server-side). Importing this
+    module does it, because a nanny parses the scheduler address as soon as its preloads are
+    imported, before any ``dask_setup`` runs.
     """
     if not isinstance(backends.get("ws"), NoDelayWSBackend):
         backends["ws"] = NoDelayWSBackend()
@@ -134,3 +158,5 @@ def hub_worker_command(scheduler_url: str, *extra_args: str, python: str = sys.e
         "--protocol", "tcp", *extra_args,
     ]
 
+
+install_nodelay_ws()
