@@ -255,3 +255,14 @@ async def test_async_hub_waits_for_running_and_reports_failure(server):
             await hub.wait_for_cluster("bad")
     polls = [r.query for r in server.requests if r.path == API + "clusters/c1"]
     assert polls == ["", "wait=20&status=pending", "wait=20&status=starting"]
+
+
+async def test_a_hub_that_never_answers_is_unreachable_after_the_timeout():
+    with socket.socket() as silent:  # accepts connections (kernel backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/services/cmsaf/"
+        api = ServiceAPI(HubConfig(service_url=url, token=TOKEN, request_timeout=0.5))
+        with pytest.raises(HubUnreachableError, match=f"^no answer from {url}: Timeout"):
+            await api.list_clusters()
+        api.close()

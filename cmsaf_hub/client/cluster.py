@@ -170,7 +170,7 @@ class HubCluster(Cluster):
             await self._api.adapt(self.cluster_id, minimum, maximum)
         )
 
-    def adapt(self, minimum: int = 0, maximum: int | None = None, **_ignored: Any):
+    def adapt(self, minimum: int = 0, maximum: int | None = None):
         """Let the service scale between ``minimum`` and ``maximum`` workers (default max: the current count)."""
         if maximum is None:
             maximum = max(minimum, self.report.workers.requested if self.report else minimum)
