@@ -185,6 +185,20 @@ async def test_without_a_service_identity_each_owner_polls_their_own_clusters(ba
     ]
 
 
+async def test_a_refused_owner_token_falls_back_to_the_service_identity_for_stopping(backend):
+    await backend.submit_workers(spec(), 1)  # alice's token is now known, and later expires
+    write_script(backend.record_dir, query=[queue_ad("100.0", 2, "c1")],
+                 refuse_token={TOKENS["alice"]["condor"]: "AUTHENTICATE:1003:Failed to authenticate: token expired"})
+    await backend.stop_cluster(spec(tokens=False))
+    alice, service = TOKENS["alice"]["condor"], "jwt-of-the-read-only-service"
+    assert [(c["method"], c["token"]) for c in calls(backend)[1:]] == [
+        ("query", alice), ("query", service), ("act", alice), ("act", service)]
+    assert calls(backend)[-1]["args"] == ["schedd@pool", "Remove", ["100.0"], "cmsaf: cluster stopped"]
+    # submissions never fall back: they are the owner's or nothing
+    with pytest.raises(BackendError, match="HTCondor refused the authentication while submitting jobs"):
+        await backend.submit_workers(spec(), 1)
+
+
 async def test_an_owner_without_a_known_token_does_not_hide_other_owners_clusters(backend):
     backend.service_token_file = ""
     write_script(backend.record_dir, query=[queue_ad("5.0", 2, "c1")])

@@ -47,7 +47,8 @@ class RecordingSeam:
         with open(self.dir / "calls.jsonl", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.write(json.dumps(entry) + "\n")
-        failure = self._script().get("fail", {}).get(method)
+        script = self._script()
+        failure = script.get("fail", {}).get(method) or script.get("refuse_token", {}).get(entry["token"] or "")
         if failure:
             raise RuntimeError(failure)
         return entry

@@ -271,9 +271,16 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
         return [SubmittedWorker(name=job, backend_state={"job": job}) for job in jobs]
 
     async def _as_owner_or_service(self, cluster: ClusterSpec, action: str, method: str, *args: Any) -> Any:
-        """As the owner; as the service identity when no token of the owner is known (after a restart)."""
+        """As the owner; as the service identity when the owner's token is unknown (after a restart)
+        or refused (expired since it was last seen): stopping must not depend on a fresh user token."""
         if cluster.tokens.get(self.token_name) or cluster.owner in self._tokens or not self.service_token_file:
-            return await self._as_owner(cluster, action, method, *args)
+            try:
+                return await self.processes.call(cluster.owner, self._token(cluster), method, *args)
+            except SeamError as e:
+                if e.kind != "auth" or not self.service_token_file:
+                    raise seam_error(action, e) from None
+                self.log.warning("HTCondor refused %s's token while %s; retrying as the service identity",
+                                 cluster.owner, action)
         try:
             return await self.processes.call(SERVICE_IDENTITY, None, method, *args)
         except SeamError as e:
