@@ -177,19 +177,25 @@ class Service:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hub(tmp_path_factory):
-    h = MiniHub(tmp_path_factory.mktemp("minihub"))
-    await h.start()
-    yield h
-    await h.stop()
+async def hub_and_service(tmp_path_factory):
+    """The service listens first: the hub waits ~30 s for an external service that is not up yet."""
+    hub = MiniHub(tmp_path_factory.mktemp("minihub"))
+    service = Service(hub)
+    service.start()
+    await hub.start()
+    yield hub, service
+    await hub.stop()
+    await service.stop()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def service(hub):
-    s = Service(hub)
-    s.start()
-    yield s
-    await s.stop()
+@pytest.fixture(scope="module")
+def hub(hub_and_service) -> MiniHub:
+    return hub_and_service[0]
+
+
+@pytest.fixture(scope="module")
+def service(hub_and_service) -> Service:
+    return hub_and_service[1]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -326,7 +332,7 @@ async def test_client_computes_through_the_hub_with_a_token(hub, running, tokens
         data = await client.scatter(b"x" * 20_000_000)  # bigger than one websocket shard
         assert len(await client.gather(data)) == 20_000_000
     with pytest.raises(OSError):
-        await Client(comm_url(hub, "c1"), security=hub_security(tokens["eve"]), asynchronous=True, timeout=5)
+        await Client(comm_url(hub, "c1"), security=hub_security(tokens["eve"]), asynchronous=True, timeout=2)
 
 
 async def test_worker_joins_through_the_hub_with_only_url_and_credential(hub, service, tokens, tmp_path):
@@ -349,9 +355,9 @@ async def test_worker_joins_through_the_hub_with_only_url_and_credential(hub, se
 
         # the credential is no hub token, and a wrong one gets nobody in
         with pytest.raises(OSError):
-            await Client(comm_url(hub, "c2"), security=hub_security(secret[::-1]), asynchronous=True, timeout=5)
+            await Client(comm_url(hub, "c2"), security=hub_security(secret[::-1]), asynchronous=True, timeout=2)
         with pytest.raises(OSError):  # nor does it open another cluster
-            await Client(comm_url(hub, "c1"), security=hub_security(secret), asynchronous=True, timeout=5)
+            await Client(comm_url(hub, "c1"), security=hub_security(secret), asynchronous=True, timeout=2)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
@@ -384,7 +390,7 @@ async def test_stopping_a_cluster_removes_access(hub, service, tokens):
         service.clusters["c3"] = replace(service.clusters["c3"], state=ClusterState.STOPPED)
         assert (await http.get(dashboard_url(hub, "c3"), headers=auth(tokens["alice"]))).status_code == 404
     with pytest.raises(OSError):
-        await Client(comm_url(hub, "c3"), security=hub_security(tokens["alice"]), asynchronous=True, timeout=5)
+        await Client(comm_url(hub, "c3"), security=hub_security(tokens["alice"]), asynchronous=True, timeout=2)
 
 
 async def wait_for_status(url: str, token: str, status: int, attempts: int = 200) -> None:
