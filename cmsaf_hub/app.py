@@ -7,6 +7,7 @@ tornado handler list in :meth:`CmsafService.web_handlers` (subclasses add more).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import ssl
@@ -14,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth
 from tornado import web
 from tornado.httpserver import HTTPServer
 from traitlets import Bool, Dict, Float, Integer, Type, Unicode, default
@@ -34,27 +35,13 @@ from .probe import client_security
 from .quotas import Limits
 from .reconciler import Reconciler
 from .store import Store
+from .ui import ui_handlers
 
 _FORWARDER_STATES = {
     ClusterStatus.PENDING: ClusterState.STARTING,
     ClusterStatus.STARTING: ClusterState.STARTING,
     ClusterStatus.RUNNING: ClusterState.RUNNING,
 }
-
-
-class IndexHandler(HubOAuthenticated, web.RequestHandler):
-    """``/services/cmsaf/``: logs browsers in through the hub, then shows their clusters."""
-
-    def initialize(self, service: "CmsafService") -> None:
-        self.hub_auth = service.hub_auth
-        self.service = service
-
-    async def get(self) -> None:
-        user = await self.hub_auth.get_user(self, sync=False)
-        if user is None:
-            self.redirect(self.get_login_url())
-            return
-        self.redirect(self.service.service_prefix + "api/v1/clusters")
 
 
 class CmsafService(Application):
@@ -161,6 +148,8 @@ class CmsafService(Application):
         self.reconciler.env_hook = lambda record: dict(self.cluster_env)
         self.reconciler.dashboard_prefix_hook = self.dashboard_prefix
         self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self._model_json: dict[str, str] = {}
+        self.store.listeners.append(lambda cluster_id: self._model_json.pop(cluster_id, None))
         self._started = time.time()
         self._tasks: list[asyncio.Task] = []
 
@@ -175,6 +164,13 @@ class CmsafService(Application):
 
     def cluster_model(self, record: ClusterRecord) -> dict[str, Any]:
         return cluster_model(record, public_base=self.public_base)
+
+    def cluster_json(self, record: ClusterRecord) -> str:
+        """The cluster model serialized, cached until the record changes (list requests stay cheap)."""
+        text = self._model_json.get(record.id)
+        if text is None:
+            text = self._model_json[record.id] = json.dumps(self.cluster_model(record), separators=(",", ":"))
+        return text
 
     async def hub_user_info(self, name: str) -> dict[str, Any] | None:
         try:
@@ -231,8 +227,7 @@ class CmsafService(Application):
         kw = {"service": self}
         cid = r"([0-9a-zA-Z_-]{1,64})"
         return [
-            (self.service_prefix, IndexHandler, kw),
-            (self.service_prefix + "oauth_callback", HubOAuthCallbackHandler),
+            *ui_handlers(self.service_prefix, self),  # web pages and their OAuth callback (cmsaf_hub.ui)
             (api + "options", misc.OptionsHandler, kw),
             (api + "clusters", cluster_api.ClustersHandler, kw),
             (api + f"clusters/{cid}", cluster_api.ClusterHandler, kw),

@@ -96,6 +96,8 @@ class Store:
         self._engine: sa.Engine | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="cmsaf-store")
         self._changed: dict[str, asyncio.Event] = {}
+        #: Called with a cluster id whenever that cluster's record changes (e.g. to drop caches).
+        self.listeners: list[Callable[[str], None]] = []
 
     def __repr__(self) -> str:
         return f"Store({sa.make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -151,6 +153,8 @@ class Store:
     # -- change notification -----------------------------------------------------------------------
 
     def notify(self, cluster_id: str) -> None:
+        for listener in self.listeners:
+            listener(cluster_id)
         event = self._changed.pop(cluster_id, None)
         if event is not None:
             event.set()

@@ -61,7 +61,8 @@ class ClustersHandler(ClusterHandlerBase):
             raise APIError(403, "only hub admins may list every user's clusters")
         store = self.service.store
         records = store.clusters.values() if every else store.owned_by(self.user_name)
-        self.write_json([self.model(r) for r in sorted(records, key=lambda r: r.created)])
+        ordered = sorted(records, key=lambda r: r.created)
+        self.finish("[" + ",".join(self.service.cluster_json(r) for r in ordered) + "]")
 
     async def post(self) -> None:
         data = self.json_body()
