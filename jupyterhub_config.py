@@ -54,24 +54,28 @@ if not ISSUER.endswith("/"):
     ISSUER += "/"
 CA_FILE = setting("CA_FILE")
 
-c.JupyterHub.authenticator_class = "generic-oauth"
-c.GenericOAuthenticator.client_id = setting("IAM_CLIENT_ID", required=True)
-c.GenericOAuthenticator.client_secret = setting("IAM_CLIENT_SECRET", required=True)
-c.GenericOAuthenticator.oauth_callback_url = f"{c.JupyterHub.bind_url}hub/oauth_callback"
-c.GenericOAuthenticator.authorize_url = f"{ISSUER}authorize"
-c.GenericOAuthenticator.token_url = f"{ISSUER}token"
-c.GenericOAuthenticator.userdata_url = f"{ISSUER}userinfo"
-c.GenericOAuthenticator.login_service = "CMS IAM"
-c.GenericOAuthenticator.scope = ["openid", "profile", "email", "offline_access", "wlcg", "wlcg.groups"]
-c.GenericOAuthenticator.username_claim = "preferred_username"
-c.GenericOAuthenticator.manage_groups = True
-# "wlcg.groups" holds a dot, so a dotted key path cannot name it.
-c.GenericOAuthenticator.auth_state_groups_key = lambda auth_state: auth_state["oauth_user"].get("wlcg.groups", [])
-c.GenericOAuthenticator.allowed_groups = set(setting("ALLOWED_GROUPS", "/cms").split())
-c.GenericOAuthenticator.admin_groups = set(setting("ADMIN_GROUPS", "/cms/admins").split())
-c.GenericOAuthenticator.enable_auth_state = True
+WLCG_AUDIENCE = "https://wlcg.cern.ch/jwt/v1/any"
+
+c.JupyterHub.authenticator_class = "cmsaf-iam"
+c.IAMAuthenticator.issuer = ISSUER
+c.IAMAuthenticator.client_id = setting("IAM_CLIENT_ID", required=True)
+c.IAMAuthenticator.client_secret = setting("IAM_CLIENT_SECRET", required=True)
+c.IAMAuthenticator.oauth_callback_url = f"{c.JupyterHub.bind_url}hub/oauth_callback"
+c.IAMAuthenticator.login_service = "CMS IAM"
+c.IAMAuthenticator.scope = ["openid", "profile", "email", "offline_access", "wlcg", "wlcg.groups"]
+c.IAMAuthenticator.allowed_groups = set(setting("ALLOWED_GROUPS", "/cms").split())
+c.IAMAuthenticator.admin_groups = set(setting("ADMIN_GROUPS", "/cms/admins").split())
+c.IAMAuthenticator.manage_groups = True
+c.IAMAuthenticator.enable_auth_state = True
+# The audience-scoped tokens that sessions, HTCondor jobs and XRootD reads get (RFC 8693 exchange).
+c.IAMAuthenticator.token_exchanges = {
+    "condor": {"audience": setting("CONDOR_AUDIENCE", WLCG_AUDIENCE),
+               "scope": "compute.read compute.create compute.modify compute.cancel"},
+    "xrootd": {"audience": setting("XROOTD_AUDIENCE", WLCG_AUDIENCE),
+               "scope": setting("XROOTD_SCOPE", "storage.read:/")},
+}
 if CA_FILE:
-    c.GenericOAuthenticator.http_request_kwargs = {"ca_certs": CA_FILE}
+    c.IAMAuthenticator.http_request_kwargs = {"ca_certs": CA_FILE}
 
 # --- user sessions --------------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "simple"
