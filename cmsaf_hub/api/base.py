@@ -58,8 +58,12 @@ class BaseAPIHandler(HubOAuthenticated, web.RequestHandler):
         except UserNotAllowed:
             raise APIError(403, f"{model.get('kind', 'user')} {model.get('name')} may not use this service")
         if self.request.method not in ("GET", "HEAD") and not getattr(self, "_token_authenticated", False):
-            # a browser cookie alone must not change anything (cross-site request forgery)
-            raise APIError(403, "changes need 'Authorization: token <hub API token>', not a browser cookie")
+            # a browser cookie alone must not change anything (cross-site request forgery): the service's
+            # pages send their XSRF token in X-XSRFToken, which another site's page cannot read
+            try:
+                self.check_xsrf_cookie()
+            except web.HTTPError:
+                raise APIError(403, "changes need 'Authorization: token <hub API token>', or a page's XSRF token")
         if model.get("kind", "user") != "user":
             raise APIError(403, "only hub users own clusters")
         info = await self.service.hub_user_info(model["name"])
