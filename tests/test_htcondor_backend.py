@@ -260,19 +260,28 @@ async def test_least_loaded_schedd_is_chosen_through_the_collector(backend):
 
 
 async def test_restart_lists_clusters_and_removes_orphans_as_their_owner_when_known(backend):
-    write_script(backend.record_dir, query=[queue_ad("5.0", 2, "gone", CmsafOwner="alice"),
-                                            queue_ad("6.0", 2, "alive", CmsafOwner="bob"),
-                                            queue_ad("7.0", 2, "lost", CmsafOwner="carol")])
-    assert await backend.list_cluster_ids() == {"gone", "alive", "lost"}
+    write_script(backend.record_dir, fake_queue=True)
+    await backend.submit_workers(spec("gone", "alice"), 2)  # jobs 100.0, 100.1
+    await backend.submit_workers(spec("lost", "bob"), 1)  # 101.0
+    await backend.submit_workers(spec("alive", "bob"), 1)  # 102.0
+    await backend.close()
+    await backend.start()  # a service restart: no owner's token is known any more
+
+    assert await backend.list_cluster_ids() == {"gone", "lost", "alive"}
     listing = calls(backend, "query")[0]
     assert listing["args"][1] == "CmsafCluster =!= undefined" and listing["token"] == "jwt-of-the-read-only-service"
-    await backend.submit_workers(spec("other", "alice"), 1)
+    await backend.submit_workers(spec("other", "alice"), 1)  # alice's token is seen again
     await backend.remove_cluster_resources("gone")
     await backend.remove_cluster_resources("lost")
     gone, lost = calls(backend, "act")
-    assert gone["args"] == ["schedd@pool", "Remove", 'CmsafCluster == "gone"', "cmsaf: orphaned cluster"]
+    assert gone["args"] == ["schedd@pool", "Remove", ["100.0", "100.1"], "cmsaf: orphaned cluster"]
     assert gone["token"] == TOKENS["alice"]["condor"]
-    assert lost["token"] == "jwt-of-the-read-only-service"  # carol's token is unknown here
+    assert lost["args"][2] == ["101.0"] and lost["token"] == "jwt-of-the-read-only-service"  # bob is unknown
+    await backend.remove_cluster_resources("never-seen")  # nothing queued: nothing to remove
+    assert len(calls(backend, "act")) == 2
+    queue = json.loads((backend.record_dir / "queue.json").read_text())
+    assert {jid: job["JobStatus"] for jid, job in queue.items()} == {
+        "100.0": 3, "100.1": 3, "101.0": 3, "102.0": 2, "103.0": 2}
 
 
 @pytest.mark.slow

@@ -416,16 +416,24 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
         return set(self._owners) | local
 
     async def remove_cluster_resources(self, cluster_id: str) -> None:
-        """Remove an orphan's jobs as its owner when that owner's token is known, else as the service."""
+        """Remove an orphan's jobs (as its owner when that owner's token is known, else as the
+        service identity) and its local scheduler. Without either identity its workers exit on
+        their own through ``--death-timeout``."""
         if self.scheduler_backend is not None:
             await self.scheduler_backend.remove_cluster_resources(cluster_id)
-        if cluster_id not in self._owners and not self.service_token_file:
-            return
         owner, schedd = self._owners.get(cluster_id, (None, self.schedd_name or None))
+        if owner in self._tokens:
+            identity, token = owner, self._tokens[owner]
+        elif self.service_token_file:
+            identity, token = SERVICE_IDENTITY, None
+        else:
+            return
         constraint = f"{ATTR_CLUSTER} == {classad_string(check_name('cluster id', cluster_id))}"
-        identity, token = (owner, self._tokens[owner]) if owner in self._tokens else (SERVICE_IDENTITY, None)
         try:
-            await self.processes.call(identity, token, "act", schedd, "Remove", constraint, REMOVED_BY_US + "orphaned cluster")
+            ads = await self.processes.call(identity, token, "query", schedd, constraint, ["ClusterId", "ProcId"])
+            if ads:
+                jobs = sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads)
+                await self.processes.call(identity, token, "act", schedd, "Remove", jobs, REMOVED_BY_US + "orphaned cluster")
         except SeamError as e:
             raise seam_error(f"removing the jobs of orphaned cluster {cluster_id}", e) from None
         self._owners.pop(cluster_id, None)
