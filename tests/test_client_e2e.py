@@ -13,6 +13,7 @@ from cmsaf_hub.client import Hub, HubCluster, OptionsError
 from cmsaf_hub.client.config import resolve_config
 from cmsaf_hub.labextension import HubClusterManager, lab_id_for
 from tests.service_helpers import start_service_hub
+from tests.test_labextension import JupyterServer
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +106,25 @@ async def test_cli_round_trip_and_the_sidebar_manager(hub_factory, tmp_path):
 
     code, out, _ = await cli("--json", "list")
     assert code == 0 and [c["id"] for c in json.loads(out)] == [cid]
+
+    # a session's Jupyter server: the sidebar lists the CLI's cluster and opens its dashboard
+    jupyter = JupyterServer(tmp_path / "lab", f"{sh.hub.url}services/cmsaf/", token)
+    try:
+        listed = await asyncio.to_thread(jupyter.wait_for_clusters, 1)
+        assert [c["id"] for c in listed] == [lab_id_for(cid)]
+        status, body = await asyncio.to_thread(
+            jupyter.get, f"dask/dashboard/{lab_id_for(cid)}/individual-plots.json"
+        )
+        assert status == 200, body[:500]
+        plots = json.loads(body)
+        status, body = await asyncio.to_thread(
+            jupyter.get, f"dask/dashboard/{lab_id_for(cid)}{plots['Individual Task Stream']}"
+        )
+        assert status == 200 and b"bokeh" in body, body[:500]
+        # the plot's own resources load from the hub's origin, below the service's dashboard path
+        assert f'src="/services/cmsaf/clusters/{cid}/dashboard/static/'.encode() in body
+    finally:
+        jupyter.stop()
     code, out, _ = await cli("dashboard", cid)
     assert (code, out) == (0, f"{sh.hub.url}services/cmsaf/clusters/{cid}/dashboard/status\n")
     code, out, _ = await cli("--json", "scale", cid, "2")

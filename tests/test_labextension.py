@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -156,53 +157,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class JupyterServer:
+    """A real ``jupyter server`` with dask-labextension and ``cmsaf_hub.labextension`` enabled."""
+
+    def __init__(self, tmp_path, service_url: str, token: str):
+        self.port, self.token = _free_port(), "jupyter-token-123"
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+            "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+            "CMSAF_SERVICE_URL": service_url,
+            "CMSAF_TOKEN": token,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={self.port}",
+             "--ip=127.0.0.1", f"--IdentityProvider.token={self.token}",
+             "--ServerApp.jpserver_extensions={'cmsaf_hub.labextension': True}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/{path}", headers={"Authorization": f"token {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def wait_for_clusters(self, count: int, timeout: float = 60) -> list[dict]:
+        """Poll the sidebar's list (as the frontend does) until it shows ``count`` clusters."""
+        deadline = time.monotonic() + timeout
+        listed: list = []
+        while time.monotonic() < deadline:
+            try:
+                status, body = self.get("dask/clusters")
+                listed = json.loads(body) if status == 200 else []
+            except OSError:
+                listed = []
+            if len(listed) == count:
+                return listed
+            time.sleep(0.3)
+        raise AssertionError(f"the sidebar listed {listed}, not {count} clusters")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
 @pytest.mark.slow
 def test_jupyter_server_lists_service_clusters_and_proxies_the_dashboard(server, tmp_path):
-    """A real jupyter server with both extensions: sidebar API lists the service's clusters and
-    ``dask/dashboard/<id>/...`` reaches the service's dashboard path with the hub token."""
+    """The sidebar API lists the service's clusters and ``dask/dashboard/<id>/...`` reaches the
+    service's dashboard path with the hub token, not the browser's Jupyter credentials."""
     server.routes[("GET", API + "clusters")] = (200, [cluster_json("c9")])
     dash = "/services/cmsaf/clusters/c9/dashboard/individual-plots.json"
     server.routes[("GET", dash)] = (200, {"Task Stream": "/individual-task-stream"})
-    port, jupyter_token = _free_port(), "jupyter-token-123"
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
-        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-        "CMSAF_SERVICE_URL": server.url,
-        "CMSAF_TOKEN": TOKEN,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={jupyter_token}",
-         "--ServerApp.jpserver_extensions={'dask_labextension': True, 'cmsaf_hub.labextension': True}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-
-    def get(path):
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/{path}", headers={"Authorization": f"token {jupyter_token}"}
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-
+    jupyter = JupyterServer(tmp_path, server.url, TOKEN)
     try:
-        listed = []
-        deadline = time.monotonic() + 60
-        while not listed and time.monotonic() < deadline:
-            try:
-                listed = get("dask/clusters")
-            except OSError:
-                pass
-            if not listed:
-                time.sleep(0.3)
-        assert [c["name"] for c in listed] == ["HubCluster c9"], proc.stderr if proc.poll() else listed
-        plots = get(f"dask/dashboard/{lab_id_for('c9')}/individual-plots.json")
-        assert plots == {"Task Stream": "/individual-task-stream"}
+        assert [c["name"] for c in jupyter.wait_for_clusters(1)] == ["HubCluster c9"]
+        status, body = jupyter.get(f"dask/dashboard/{lab_id_for('c9')}/individual-plots.json")
+        assert (status, json.loads(body)) == (200, {"Task Stream": "/individual-task-stream"})
         (proxied,) = [r for r in server.requests if r.path == dash]
         assert proxied.headers["Authorization"] == f"token {TOKEN}"
-        assert jupyter_token not in json.dumps(proxied.headers)
+        assert jupyter.token not in json.dumps(proxied.headers)
+        assert jupyter.get(f"dask/dashboard/{lab_id_for('nope')}/status")[0] == 404
     finally:
-        proc.terminate()
-        proc.wait(30)
+        jupyter.stop()
