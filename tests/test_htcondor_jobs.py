@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 import classad2 as classad
 import htcondor2
 import pytest
 from distributed import Client, Scheduler
+from distributed.security import Security
 from dask_jobqueue.htcondor import quote_arguments as jobqueue_quote_arguments
 
 from cmsaf_hub.backends.base import WorkerPhase
+from cmsaf_hub.backends.condor_retire import cluster_security
 from cmsaf_hub.backends.condor_jobs import (
     JobShape,
     JobShapeError,
@@ -23,6 +29,8 @@ from cmsaf_hub.backends.condor_jobs import (
 )
 from cmsaf_hub.backends.condor_scheduler_preload import published_attributes
 from cmsaf_hub.backends.condor_status import history_constraint, missing_jobs, observe
+from cmsaf_hub.crypto import generate_cluster_tls
+from cmsaf_hub.token_push import push_tokens
 
 SHAPE = JobShape(cores=2, memory_gib=3.0, disk_gib=1.5, death_timeout=45)
 
@@ -198,3 +206,60 @@ def test_a_job_gone_from_queue_and_history_is_failed():
     w = result.clusters["c1"].workers["9.0"]
     assert (w.phase, w.reason) == (WorkerPhase.FAILED, "job left the queue and is not in the schedd's history")
     assert result.clusters["c1"].scheduler_alive is True
+
+
+def condor_arguments(value: str) -> list[str]:
+    """Parse HTCondor's "new" argument syntax (the inverse of quote_arguments, outer quotes included)."""
+    assert value.startswith('"') and value.endswith('"')
+    text, args, current, quoted, i = value[1:-1].replace('""', '"'), [], "", False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "'" and quoted and text[i + 1:i + 2] == "'":
+            current, i = current + "'", i + 2
+            continue
+        if ch == "'":
+            quoted = not quoted
+        elif ch == " " and not quoted:
+            if current:
+                args.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    return args + ([current] if current else [])
+
+
+@pytest.mark.slow
+async def test_the_worker_job_command_runs_a_worker_named_by_its_job_id(tmp_path):
+    """What the execute node runs, minus HTCondor: the shell script in a sandbox with the spooled files."""
+    tls = generate_cluster_tls("c0ffee").as_dict()
+    tokens = {"condor": "eyJ.condor.sig", "xrootd": "eyJ.xrootd.sig"}
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    for name, content in sandbox_files(tokens, tls).items():
+        (sandbox / name).write_text(content)
+    security = cluster_security(tls)
+    server = Security(tls_ca_file=tls["cert"], tls_scheduler_cert=tls["cert"], tls_scheduler_key=tls["key"],
+                      require_encryption=True)
+    async with Scheduler(protocol="tls", host="127.0.0.1", port=0, dashboard_address=":0", security=server) as s:
+        desc = build(JobShape(python=sys.executable, nanny=False, death_timeout=20), scheduler_address=s.address)
+        argv = condor_arguments(desc["arguments"])
+        assert argv[0] == "-c"
+        script = argv[1].replace("$(ClusterId)", "42").replace("$(ProcId)", "7")  # the schedd's expansion
+        env = {"PATH": os.environ["PATH"], "_CONDOR_SCRATCH_DIR": str(sandbox)}
+        job = await asyncio.create_subprocess_exec(desc["executable"], "-c", script, env=env, cwd=sandbox)
+        try:
+            async with Client(s.address, security=security, asynchronous=True) as client:
+                await client.wait_for_workers(1, timeout=60)
+                assert [ws.name for ws in s.workers.values()] == ["42.7"]
+                seen = await client.run(lambda: {k: os.environ.get(k) for k in (
+                    "BEARER_TOKEN_FILE", "_condor_SCITOKENS_FILE", "CMSAF_TOKEN_DIR")})
+                assert list(seen.values()) == [{"BEARER_TOKEN_FILE": f"{sandbox}/xrootd.token",
+                                                 "_condor_SCITOKENS_FILE": f"{sandbox}/condor.token",
+                                                 "CMSAF_TOKEN_DIR": str(sandbox)}]
+                assert await client.submit(lambda x: x + 1, 41) == 42
+            result = await push_tokens(s.address, security, {"condor": "eyJ.fresh.sig"})
+            assert list(result.written) != [] and (sandbox / "condor.token").read_text() == "eyJ.fresh.sig"
+        finally:
+            job.terminate()
+            await job.wait()
