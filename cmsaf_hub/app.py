@@ -23,6 +23,7 @@ from traitlets.config import Application, catch_config_error
 
 from .api import clusters as cluster_api
 from .api import misc
+from .api.base import APIError
 from .backends.base import Backend
 from .backends.local import LocalBackend
 from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys
@@ -177,7 +178,7 @@ class CmsafService(Application):
             return await self.hub.user(name)
         except HubAPIError as e:
             self.log.error("%s", e)
-            raise web.HTTPError(502, "cannot reach the hub")
+            raise APIError(502, "the hub did not answer; try again shortly")
 
     async def owner_tokens(self, owner: str) -> dict[str, str]:
         auth_state = await self.hub.auth_state(owner) or {}
