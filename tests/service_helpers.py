@@ -52,7 +52,6 @@ class ServiceHub:
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.2)
-        log = (self.service_dir / "service.log")
         raise AssertionError(f"the service did not become healthy; hub log tail:\n{self.hub.log_text()[-3000:]}")
 
     async def wait_status(self, client: httpx.AsyncClient, cluster_id: str, status: str, timeout: float = 90) -> dict:
