@@ -274,5 +274,7 @@ class IAMKubeSpawner(TokenDeliveryMixin, KubeSpawner):
         return await super()._start()
 
     async def stop(self, now: bool = False):
-        await super().stop(now=now)
-        await self.delete_token_secret()
+        try:
+            await super().stop(now=now)
+        finally:  # the tokens must not outlive the server, even if deleting the pod failed
+            await self.delete_token_secret()
