@@ -7,8 +7,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import stat
+import sys
 import time
 
 import pytest
@@ -251,3 +253,38 @@ async def test_backs_off_while_service_is_down_then_recovers(tmp_path, caplog):
     delays = [float(r.getMessage().rsplit(" ", 1)[1].rstrip("s")) for r in caplog.records if "retrying in" in r.getMessage()]
     assert delays[:3] == [0.1, 0.2, 0.4] and max(delays) == 0.4
     assert API_TOKEN not in caplog.text
+
+
+async def test_refresher_as_a_process_like_the_kubernetes_sidecar(tmp_path):
+    issuer = FakeIssuer(lifetime=600)
+    server, port = start_server(issuer)
+    env = dict(os.environ)
+    env.update(
+        CMSAF_SERVICE_URL=f"http://127.0.0.1:{port}/services/cmsaf/",
+        CMSAF_TOKEN_DIR=str(tmp_path / "tokens"),
+        JUPYTERHUB_API_TOKEN=API_TOKEN,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "spawners.refresher", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_for(lambda: (tmp_path / "tokens" / "xrootd.token").exists())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 30)
+        server.stop()
+    assert proc.returncode == 0
+    assert stat.S_IMODE((tmp_path / "tokens").stat().st_mode) == 0o700
+    assert read_tokens(tmp_path / "tokens")["xrootd.token"] == "xrootd-jwt-0\n"
+    stderr = (await proc.stderr.read()).decode()
+    assert "updated condor.token, xrootd.token" in stderr and API_TOKEN not in stderr
+
+
+async def test_refresher_process_without_settings_exits_2():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CMSAF_", "JUPYTERHUB_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "spawners.refresher", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert "needs CMSAF_SERVICE_URL, CMSAF_TOKEN_DIR, JUPYTERHUB_API_TOKEN" in stderr.decode()
