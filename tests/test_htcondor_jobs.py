@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 
 import classad2 as classad
@@ -16,6 +17,7 @@ from dask_jobqueue.htcondor import quote_arguments as jobqueue_quote_arguments
 from cmsaf_hub.backends.base import WorkerPhase
 from cmsaf_hub.backends.condor_retire import cluster_security
 from cmsaf_hub.backends.condor_jobs import (
+    SCHEDULER_PRELOAD_FILE,
     JobShape,
     JobShapeError,
     bearer_token_name,
@@ -29,6 +31,7 @@ from cmsaf_hub.backends.condor_jobs import (
 )
 from cmsaf_hub.backends.condor_scheduler_preload import published_attributes
 from cmsaf_hub.backends.condor_status import history_constraint, missing_jobs, observe
+from cmsaf_hub.backends.htcondor import PRELOAD_SOURCE
 from cmsaf_hub.crypto import generate_cluster_tls
 from cmsaf_hub.token_push import push_tokens
 
@@ -263,3 +266,72 @@ async def test_the_worker_job_command_runs_a_worker_named_by_its_job_id(tmp_path
         finally:
             job.terminate()
             await job.wait()
+
+
+class ChirpRecorder:
+    """The starter's side of Chirp, as far as a job setting its own attributes needs it."""
+
+    def __init__(self, cookie: str):
+        self.cookie = cookie
+        self.attributes: dict[str, str] = {}
+
+    @staticmethod
+    def unquote(text: str) -> str:
+        return re.sub(r"\\(.)", r"\1", text, flags=re.S)
+
+    async def handle(self, reader, writer):
+        authenticated = False
+        while line := await reader.readline():
+            command, _, rest = line.decode().rstrip("\n").partition(" ")
+            if command == "cookie":
+                authenticated = rest == self.cookie
+                writer.write(b"0\n" if authenticated else b"-1\n")
+            elif command == "set_job_attr" and authenticated:
+                name, value = re.split(r"(?<!\\) ", rest, maxsplit=1)
+                self.attributes[self.unquote(name)] = self.unquote(value)
+                writer.write(b"0\n")
+            else:
+                writer.write(b"-1\n")
+            await writer.drain()
+        writer.close()
+
+
+@pytest.mark.slow
+async def test_the_scheduler_job_command_publishes_reachable_addresses_through_chirp(tmp_path):
+    """The scheduler job's real command and preload, with a Chirp endpoint standing in for the starter."""
+    tls = generate_cluster_tls("c0ffee").as_dict()
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    files = {**sandbox_files({"condor": "eyJ.condor.sig"}, tls), SCHEDULER_PRELOAD_FILE: PRELOAD_SOURCE}
+    for name, content in files.items():
+        (sandbox / name).write_text(content)
+    chirp = ChirpRecorder(cookie="chirp-cookie")
+    server = await asyncio.start_server(chirp.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    (sandbox / ".chirp.config").write_text(f"127.0.0.1 {port} chirp-cookie\n")
+
+    desc = scheduler_description(JobShape(python=sys.executable), cluster_id="c0ffee", owner="bob",
+                                 token_names=["condor"], bearer="condor", tls=True, idle_timeout=600)
+    assert desc["transfer_input_files"].split(",") == sorted(files, key=list(files).index)
+    [flag, script] = condor_arguments(desc["arguments"])
+    env = {"PATH": os.environ["PATH"], "_CONDOR_SCRATCH_DIR": str(sandbox),
+           "_CONDOR_CHIRP_CONFIG": str(sandbox / ".chirp.config")}
+    job = await asyncio.create_subprocess_exec(desc["executable"], flag, script, env=env, cwd=sandbox)
+    try:
+        for _ in range(600):
+            if "CmsafSchedulerAddress" in chirp.attributes or job.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        published = {k: classad.ExprTree(v).eval() for k, v in chirp.attributes.items()}
+        assert set(published) == {"CmsafSchedulerAddress", "CmsafSchedulerWsAddress", "CmsafDashboardAddress"}
+        assert published["CmsafSchedulerAddress"].startswith("tls://")
+        assert published["CmsafSchedulerWsAddress"].startswith("wss://")
+        async with Client(published["CmsafSchedulerAddress"], security=cluster_security(tls),
+                          asynchronous=True, timeout=30) as client:
+            token_dir = await client.run_on_scheduler(lambda: os.environ["CMSAF_TOKEN_DIR"])
+            assert token_dir == str(sandbox)
+    finally:
+        server.close()
+        if job.returncode is None:
+            job.terminate()
+        await job.wait()
