@@ -31,7 +31,13 @@ from kubespawner.utils import get_k8s_model
 from traitlets import Dict, List, Unicode, default
 
 from .delivery import TokenDeliveryMixin, spawn_refusal
-from .profiles import ImageNotAllowed, build_profile_list, check_image, custom_image_choice
+from .profiles import (
+    ImageNotAllowed,
+    build_profile_list,
+    check_image,
+    check_option_choices,
+    custom_image_choice,
+)
 from .tokens import token_files
 
 TOKEN_VOLUME = "cmsaf-tokens"
@@ -184,6 +190,8 @@ class IAMKubeSpawner(TokenDeliveryMixin, KubeSpawner):
         image = custom_image_choice(user_options)
         if image is not None:
             check_image(image, self.image_allowlist)
+        if isinstance(self.profile_list, list):
+            check_option_choices(self.profile_list, user_options)
 
     def _options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         user_options = super()._options_from_form(formdata)

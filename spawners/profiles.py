@@ -113,6 +113,23 @@ def describe_size(size: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def check_option_choices(profile_list: list[Mapping[str, Any]], user_options: Mapping[str, Any]) -> None:
+    """Refuse a listed-choice value that the chosen profile does not offer (e.g. ``image: "nope"``)."""
+    slug = user_options.get("profile")
+    profile = next((p for p in profile_list if p.get("slug") == slug), None)
+    if profile is None:
+        return  # no or unknown profile: KubeSpawner's own validation names the options
+    for name, option in (profile.get("profile_options") or {}).items():
+        choice = user_options.get(name)
+        choices = option.get("choices") or {}
+        if choice is None or user_options.get(name + UNLISTED_SUFFIX) or not choices:
+            continue
+        if not isinstance(choice, str) or choice not in choices:
+            raise ValueError(
+                f"Unknown {name} {choice!r} for {slug!r}: choose one of {', '.join(choices)}."
+            )
+
+
 def custom_image_choice(user_options: Mapping[str, Any]) -> str | None:
     """The free-form image a user asked for (form or REST ``user_options``), if any."""
     value = user_options.get(IMAGE_OPTION + UNLISTED_SUFFIX)

@@ -297,7 +297,13 @@ async def test_custom_image_refused_without_allowlist_and_bad_profile_named():
     with pytest.raises(HTTPError, match="Custom images are not allowed"):
         await spawner.load_user_options()
     spawner.user_options = {"profile": "huge"}
-    with pytest.raises(HTTPError, match="huge"):
+    with pytest.raises(HTTPError, match="No such profile: huge"):
+        await spawner.load_user_options()
+    spawner.user_options = {"profile": "small", "image": "nope"}
+    with pytest.raises(HTTPError, match="Unknown image 'nope' for 'small': choose one of coffea, root"):
+        await spawner.load_user_options()
+    spawner.user_options = {"profile": "small", "image--unlisted-choice": 7}
+    with pytest.raises(HTTPError, match="The custom image must be a string"):
         await spawner.load_user_options()
 
 
