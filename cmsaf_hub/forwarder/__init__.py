@@ -56,12 +56,12 @@ class Forwarder(LoggingConfigurable):
     dashboard_request_timeout = Float(
         60.0, config=True, help="Seconds a proxied dashboard HTTP request may take in total."
     )
-    max_message_size = Integer(
-        64 * 1024 * 1024,
+    chunk_size = Integer(
+        256 * 1024,
         config=True,
-        help="""Largest websocket message relayed, in bytes. Dask shards frames to
-        distributed.comm.websockets.shard (8 MiB by default), so this bounds the relay's buffer per
-        direction per connection; it must stay above that shard size.""",
+        help="""Bytes read per step when splicing a websocket relay. One chunk per direction per
+        connection is in flight, which bounds the relay's memory; larger chunks trade memory for
+        fewer event-loop turns on bulk transfers.""",
     )
     max_body_size = Integer(
         64 * 1024 * 1024, config=True, help="Largest dashboard HTTP response relayed, in bytes (else 502)."

@@ -36,11 +36,6 @@ def upstream_ws_url(http_root: str, uri: str) -> str:
     return "ws://" + root.removeprefix("http://") + uri
 
 
-def parse_subprotocols(header: str | None) -> list[str] | None:
-    values = [p.strip() for p in (header or "").split(",") if p.strip()]
-    return values or None
-
-
 class DashboardHandler(ForwarderHandler):
     """``<prefix>/clusters/<id>/dashboard/<path>``: the cluster's dashboard, paths passed through as-is.
 
@@ -53,9 +48,7 @@ class DashboardHandler(ForwarderHandler):
         if not target.dashboard_address:
             raise web.HTTPError(503)
         if self.is_websocket_request():
-            subprotocols = parse_subprotocols(self.request.headers.get("Sec-WebSocket-Protocol"))
-            await self.connect_upstream(upstream_ws_url(target.dashboard_address, self.request.uri or "/"), subprotocols)
-            await super().get(cluster_id, path)
+            await self.relay_websocket(upstream_ws_url(target.dashboard_address, self.request.uri or "/"))
         else:
             await self.proxy_http(target)
 
@@ -64,10 +57,6 @@ class DashboardHandler(ForwarderHandler):
         if not target.dashboard_address:
             raise web.HTTPError(503)
         await self.proxy_http(target)
-
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        """Agree to whatever the dashboard agreed (Bokeh passes its session token this way)."""
-        return self.upstream.selected_subprotocol if self.upstream is not None else None
 
     async def proxy_http(self, target: Target) -> None:
         """One buffered request/response, bounded by ``Forwarder.max_body_size``."""
@@ -130,5 +119,4 @@ class CommRelayHandler(ForwarderHandler):
         target = await self.admit(cluster_id, accept_worker_credential=True)
         if not target.scheduler_ws_address:
             raise web.HTTPError(503)
-        await self.connect_upstream(target.scheduler_ws_address.rstrip("/") + "/")
-        await super().get(cluster_id)
+        await self.relay_websocket(target.scheduler_ws_address.rstrip("/") + "/")
