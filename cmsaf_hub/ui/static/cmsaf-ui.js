@@ -132,7 +132,7 @@
 
   function clusterRow(cluster, admin, refresh) {
     const links = el("span", { class: "cmsaf-links" },
-      cluster.status === "running" ? el("a", { href: cluster.dashboard_link, target: "_blank", rel: "noopener" }, "Dashboard") : null,
+      cluster.status === "running" ? el("a", { href: cluster.dashboard_link }, "Dashboard") : null,
       cluster.status === "running" ? " · " : null,
       el("a", { href: `${PREFIX}clusters/${cluster.id}/logs` }, "Logs"));
     const action = admin && ACTIVE.includes(cluster.status)

@@ -1,0 +1,297 @@
+"""The user's journey in a real browser: headless Debian Chromium driven by Playwright, against a real hub
+(IAMAuthenticator, IAMLocalSpawner, configurable-http-proxy), the dev IAM (HTTPS, trusted through an NSS
+database, never by turning verification off) and the cluster service with the local backend.
+
+Screenshots of every step go to test-artifacts/<test name>/NN-step.png (not committed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from cmsaf_hub.crypto import new_crypt_key
+from devstack.hub import HubProcess, IAMClientSettings
+from devstack.iam import DevIAM
+from tests.conftest import HUB_CLIENT_ID, HUB_GRANT_TYPES
+from tests.harness.hub import RunningHub, admin_service_config, new_admin_token
+from tests.service_helpers import REPO, ServiceHub, free_port, service_config_text
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = REPO / "test-artifacts"
+PREFIX = "services/cmsaf/"
+#: long enough for a scheduler and workers to start on a busy 2-core machine
+SLOW_STEP_MS = 120_000
+
+
+def missing_browser() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install playwright)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    if shutil.which("certutil") is None:
+        return "certutil is missing (apt-get install libnss3-tools), needed to trust the dev CA"
+    return None
+
+
+if reason := missing_browser():
+    pytest.skip(reason, allow_module_level=True)
+
+from playwright.async_api import Page, async_playwright, expect  # noqa: E402
+
+
+def journey_config(session_root: Path) -> str:
+    """IAMAuthenticator + IAMLocalSpawner; no admin groups, so bob is a plain /cms user."""
+    exchanges = {"condor": {"audience": "https://wlcg.cern.ch/jwt/v1/any",
+                            "scope": "compute.read compute.create compute.modify compute.cancel"}}
+    return f"""
+import os
+c.JupyterHub.authenticator_class = "authenticators.IAMAuthenticator"
+c.IAMAuthenticator.issuer = os.environ["CMSAF_IAM_ISSUER"]
+c.IAMAuthenticator.token_exchanges = {exchanges!r}
+c.IAMAuthenticator.admin_groups = set()
+c.JupyterHub.spawner_class = "spawners.IAMLocalSpawner"
+c.IAMLocalSpawner.run_as_hub_user = True
+c.IAMLocalSpawner.session_root = {str(session_root)!r}
+c.IAMLocalSpawner.default_url = "/lab"
+c.IAMLocalSpawner.start_timeout = 90
+c.IAMLocalSpawner.http_timeout = 90
+"""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def journey(tmp_path_factory, dev_pki):
+    """One hub, dev IAM and cluster service for the whole module."""
+    base = tmp_path_factory.mktemp("browser-e2e")
+    secret = secrets.token_urlsafe(24)
+    admin_token = new_admin_token()
+    service_dir = base / "service"
+    key = new_crypt_key()
+    process = HubProcess(
+        state_dir=base / "hub",
+        iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=secret),
+        crypt_key=secrets.token_hex(32),
+        extra_config=admin_service_config(admin_token) + journey_config(base / "sessions")
+        + service_config_text(service_dir, port=free_port(), crypt_key=key),
+    )
+    iam = DevIAM(base / "iam", clients=[{
+        "client_id": HUB_CLIENT_ID, "client_secret": secret,
+        "redirect_uris": [f"{process.url}hub/oauth_callback"], "grant_types": HUB_GRANT_TYPES,
+    }])
+    await iam.start()
+    process.iam.issuer, process.iam.ca_cert = iam.issuer, iam.ca_cert
+    hub = RunningHub(process=process, admin_token=admin_token, iam=iam)
+    try:
+        await hub.start()
+        sh = ServiceHub(hub=hub, service_dir=service_dir, crypt_key=key)
+        await sh.wait_ready()
+        yield sh
+    finally:
+        await hub.stop()
+        await iam.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_home(tmp_path_factory, journey) -> Path:
+    """A HOME whose NSS database trusts the dev CA: how Chromium on Linux learns a CA."""
+    home = tmp_path_factory.mktemp("browser-home")
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, timeout=30)
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "cmsaf-dev-ca",
+                    "-i", str(journey.hub.iam.ca_cert)], check=True, timeout=30)  # fmt: skip
+    return home
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def open_browser(browser_home, tmp_path):
+    """``await open_browser()`` → a fresh Chromium page (own profile, so own cookies); closed after the test."""
+    contexts = []
+    async with async_playwright() as pw:
+
+        async def factory() -> Page:
+            profile = tmp_path / f"profile-{len(contexts)}"
+            context = await pw.chromium.launch_persistent_context(
+                str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                env={**os.environ, "HOME": str(browser_home)}, viewport={"width": 1280, "height": 900},
+            )  # fmt: skip
+            contexts.append(context)
+            page = context.pages[0] if context.pages else await context.new_page()
+            page.set_default_timeout(60_000)
+            return page
+
+        yield factory
+        for context in contexts:
+            await context.close()
+
+
+class Shots:
+    """Numbered full-page screenshots under test-artifacts/<test name>/."""
+
+    def __init__(self, request) -> None:
+        self.dir = ARTIFACTS / request.node.name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.n = 0
+
+    async def __call__(self, page: Page, step: str) -> None:
+        self.n += 1
+        await page.screenshot(path=self.dir / f"{self.n:02d}-{step}.png", full_page=True)
+
+
+@pytest.fixture
+def shots(request) -> Shots:
+    return Shots(request)
+
+
+async def iam_login(page: Page, hub_url: str, iam_issuer: str, user: str, shots: Shots) -> None:
+    """From the hub's front page through the dev IAM's login form, as a person would."""
+    await page.goto(hub_url)
+    if not page.url.startswith(iam_issuer):
+        await shots(page, "hub-login")
+        await page.locator("a", has_text=re.compile("Sign in with", re.I)).click()
+    await page.wait_for_url(re.compile("^" + re.escape(iam_issuer)))
+    await expect(page.get_by_label("Password")).to_be_visible()
+    await page.get_by_label(re.compile("user", re.I)).fill(user)
+    await page.get_by_label("Password").fill(f"{user}-password")
+    await shots(page, "iam-login")
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(re.compile("^" + re.escape(hub_url)))
+
+
+async def test_alice_logs_in_starts_her_server_and_runs_a_cluster(journey, open_browser, shots):
+    hub = journey.hub
+    page = await open_browser()
+    await iam_login(page, hub.url, hub.iam.issuer, "alice", shots)
+
+    # her server: started from the hub's home page, through the spawn-pending page
+    await page.goto(f"{hub.url}hub/home")
+    await shots(page, "hub-home")
+    start = page.locator("#start")
+    if await start.count():
+        await start.click()
+    await page.wait_for_url(re.compile(re.escape(f"{hub.url}user/alice/")), timeout=SLOW_STEP_MS)
+    await expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=SLOW_STEP_MS)  # JupyterLab's shell
+    await shots(page, "server-started")
+
+    # the cluster pages, from the hub's Services menu
+    await page.goto(f"{hub.url}hub/home")
+    await page.get_by_role("button", name="Services").or_(page.get_by_role("link", name="Services")).click()
+    await shots(page, "services-menu")
+    await page.get_by_role("link", name="cmsaf").click()
+    await expect(page.get_by_role("heading", name="My clusters")).to_be_visible()
+    await expect(page.locator("#clusters-empty")).to_be_visible()
+    await shots(page, "my-clusters-empty")
+
+    # create: the API's field-level error, then a valid cluster
+    await page.get_by_role("link", name="New cluster").first.click()
+    await page.get_by_label("Cores").fill("99")
+    await page.get_by_role("button", name="Create cluster").click()
+    await expect(page.locator("#error-cores")).to_contain_text("at most 8")
+    await expect(page.get_by_label("Cores")).to_have_attribute("aria-invalid", "true")
+    await shots(page, "create-field-error")
+    await page.get_by_label("Cores").fill("1")
+    await page.get_by_label("Workers").fill("1")
+    await page.get_by_label("Memory").fill("1")
+    await page.get_by_role("button", name="Create cluster").click()
+    await page.wait_for_url(re.compile(re.escape(f"{hub.url}{PREFIX}clusters/") + "[0-9a-f]{32}$"))
+    cluster_id = page.url.rsplit("/", 1)[1]
+
+    # live updates, no reload: running, with its worker
+    status = page.locator("#cluster-status .cmsaf-status")
+    await expect(status).to_have_text("running", timeout=SLOW_STEP_MS)
+    await expect(page.locator("#cluster-workers")).to_contain_text("1 / 1 running", timeout=SLOW_STEP_MS)
+    await shots(page, "cluster-running")
+
+    # the dashboard, through the hub's proxy, shows the status plots
+    dashboard = page.get_by_role("link", name="Dashboard")
+    assert await dashboard.get_attribute("href") == f"{hub.url}{PREFIX}clusters/{cluster_id}/dashboard/status"
+    await dashboard.click()
+    await page.wait_for_url(f"{hub.url}{PREFIX}clusters/{cluster_id}/dashboard/status")
+    await expect(page.locator("canvas").first).to_be_attached(timeout=SLOW_STEP_MS)
+    await page.wait_for_timeout(1500)  # let Bokeh paint before the picture
+    await shots(page, "dashboard-status")
+    await page.go_back()
+
+    # scale with the keyboard: the form submits on Enter
+    await page.get_by_label("Number of workers").fill("2")
+    await page.get_by_label("Number of workers").press("Enter")
+    await expect(page.locator("#action-message")).to_contain_text("Scaling to 2 workers")
+    await expect(page.locator("#cluster-workers")).to_contain_text("2 / 2 running", timeout=SLOW_STEP_MS)
+    await shots(page, "scaled-to-2")
+
+    # logs: the scheduler's and each worker's
+    await page.get_by_role("link", name="Logs").click()
+    await expect(page.locator("details.cmsaf-log summary").first).to_have_text("scheduler")
+    assert await page.locator("details.cmsaf-log").count() >= 3
+    await shots(page, "logs")
+    await page.go_back()
+
+    # stop, with the confirmation: keeping it first, then stopping
+    await page.get_by_role("button", name="Stop cluster…").click()
+    dialog = page.locator("dialog#confirm-stop")
+    await expect(dialog).to_be_visible()
+    await expect(dialog).to_contain_text(cluster_id)
+    await shots(page, "stop-confirmation")
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(status).to_have_text("running")
+    await page.get_by_role("button", name="Stop cluster…").click()
+    await dialog.get_by_role("button", name="Stop cluster").click()
+    await expect(status).to_have_text("stopped", timeout=SLOW_STEP_MS)
+    await expect(page.get_by_role("button", name="Scale")).to_be_disabled()
+    await shots(page, "stopped")
+
+    await page.goto(f"{hub.url}{PREFIX}clusters")
+    await page.get_by_label("Show stopped and failed clusters").check()
+    await expect(page.locator(f'tr[data-cluster="{cluster_id}"]')).to_contain_text("stopped")
+    await shots(page, "my-clusters-after")
+
+
+async def test_bob_cannot_open_alices_dashboard(journey, open_browser, shots):
+    hub = journey.hub
+    async with journey.client(await hub.create_user("alice")) as alice:
+        created = await alice.post("clusters", json={"options": {"workers": 0}})
+        assert created.status_code == 201, created.text
+        cluster = await journey.wait_status(alice, created.json()["id"], "running")
+        try:
+            page = await open_browser()
+            await iam_login(page, hub.url, hub.iam.issuer, "bob", shots)
+            await page.goto(f"{hub.url}{PREFIX}")  # bob's own pages work
+            await expect(page.get_by_role("heading", name="My clusters")).to_be_visible()
+            response = await page.goto(cluster["dashboard_link"])
+            assert response.status == 403
+            await shots(page, "alices-dashboard-refused")
+            response = await page.goto(f"{hub.url}{PREFIX}clusters/{cluster['id']}")
+            assert response.status == 404
+            await expect(page.locator("#cmsaf-error-message")).to_contain_text("No cluster")
+            await shots(page, "alices-cluster-page-hidden")
+        finally:
+            await alice.delete(f"clusters/{cluster['id']}")
+
+
+async def test_eve_outside_cms_sees_the_refusal_page(journey, open_browser, shots):
+    hub = journey.hub
+    page = await open_browser()
+    await iam_login(page, hub.url, hub.iam.issuer, "eve", shots)
+    await expect(page.locator("body")).to_contain_text("not a member of /cms")
+    await shots(page, "refused")
+    async with httpx.AsyncClient(base_url=hub.api_url, headers={"Authorization": f"token {hub.admin_token}"}) as api:
+        assert (await api.get("/users/eve")).status_code == 404  # never became a hub user
