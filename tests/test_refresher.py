@@ -267,8 +267,12 @@ async def test_refresher_as_a_process_like_the_kubernetes_sidecar(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "spawners.refresher", env=env, stderr=asyncio.subprocess.PIPE
     )
+    logged = []
     try:
-        await wait_for(lambda: (tmp_path / "tokens" / "xrootd.token").exists())
+        while not any("updated condor.token, xrootd.token" in line for line in logged):
+            line = await asyncio.wait_for(proc.stderr.readline(), 60)
+            assert line, "refresher exited: " + "".join(logged)
+            logged.append(line.decode())
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 30)
@@ -276,8 +280,7 @@ async def test_refresher_as_a_process_like_the_kubernetes_sidecar(tmp_path):
     assert proc.returncode == 0
     assert stat.S_IMODE((tmp_path / "tokens").stat().st_mode) == 0o700
     assert read_tokens(tmp_path / "tokens")["xrootd.token"] == "xrootd-jwt-0\n"
-    stderr = (await proc.stderr.read()).decode()
-    assert "updated condor.token, xrootd.token" in stderr and API_TOKEN not in stderr
+    assert API_TOKEN not in "".join(logged) + (await proc.stderr.read()).decode()
 
 
 async def test_refresher_process_without_settings_exits_2():
