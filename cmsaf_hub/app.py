@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import ssl
@@ -56,6 +57,18 @@ class CmsafService(Application):
         "db-url": "CmsafService.db_url",
         "log-level": "Application.log_level",
     }
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
+
+    @default("log_format")
+    def _default_log_format(self) -> str:
+        return "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s] %(message)s"
+
+    @default("log_datefmt")
+    def _default_log_datefmt(self) -> str:
+        return "%Y-%m-%d %H:%M:%S"
 
     config_file = Unicode(
         "", help="Python config file to load (traitlets), e.g. cmsaf_service_config.py."

@@ -40,6 +40,7 @@ class Reconciler(LoggingConfigurable):
         5.0, help="Seconds between asking running schedulers for idleness and adaptive targets."
     ).tag(config=True)
     concurrency = Integer(8, help="Clusters reconciled at the same time.").tag(config=True)
+    probe_concurrency = Integer(16, help="Schedulers asked for their activity at the same time.").tag(config=True)
     start_attempts = Integer(
         3, help="Attempts to start a scheduler (retryable backend errors) before the cluster fails."
     ).tag(config=True)
@@ -325,6 +326,7 @@ class Reconciler(LoggingConfigurable):
     async def check_activity(self) -> None:
         """Adaptivity, idle culling, maximum lifetime, and forgetting old stopped clusters."""
         now = time.time()
+        to_probe = []
         for record in list(self.store.clusters.values()):
             if not record.status.active:
                 if record.stopped and now - record.stopped > self.stopped_retention:
@@ -336,14 +338,21 @@ class Reconciler(LoggingConfigurable):
                 await self.request_stop(record, f"reached the maximum lifetime of {self.max_lifetime:g} s")
                 continue
             if self.idle_timeout or record.adaptive:
+                to_probe.append(record)
+        limit = asyncio.Semaphore(self.probe_concurrency)
+
+        async def probe(record: ClusterRecord) -> None:
+            async with limit:
                 await self._probe(record, now)
+
+        await asyncio.gather(*(probe(r) for r in to_probe))
 
     async def _probe(self, record: ClusterRecord, now: float) -> None:
         try:
             key = self.secrets.decrypt(record.tls_key_encrypted)
             idle_since = await self.probe.idle_since(record.scheduler_address, record.tls_cert, key)
             wanted = await self.probe.adaptive_target(record.scheduler_address, record.tls_cert, key) if record.adaptive else None
-        except (OSError, CryptError) as e:
+        except (OSError, asyncio.TimeoutError, CryptError) as e:
             self.log.warning("Cluster %s: cannot ask the scheduler for its activity: %s", record.id, e)
             return
         if idle_since is None or record.last_activity is None:

@@ -62,9 +62,13 @@ async def test_lifecycle_isolation_and_admin(hub_factory, tmp_path):
             await client.wait_for_workers(3, timeout=60)
             assert sum(await asyncio.gather(*[client.submit(lambda i: i, i) for i in range(10)])) == 45
 
+            # scattered data has no lineage: it survives scale-down only if workers are retired gracefully
+            scattered = await client.scatter(list(range(12)))
+            assert len({w for ws in (await client.who_has(scattered)).values() for w in ws}) == 3
             r = await alice.post(f"clusters/{cid}/scale", json={"workers": 1})
             assert r.json()["clamped"] is None
             await sh.wait_workers(alice, cid, 1)
+            assert await client.gather(scattered) == list(range(12))
 
             r = await alice.post(f"clusters/{cid}/adapt", json={"minimum": 2, "maximum": 3})
             assert r.json()["adapt"] == {"minimum": 2, "maximum": 3}

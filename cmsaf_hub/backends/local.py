@@ -35,6 +35,7 @@ from .base import (
     WorkerObservation,
     WorkerPhase,
 )
+from ..probe import SchedulerProbe
 from .local_preload import ADDRESS_FILE
 
 SCHEDULER = "scheduler"
@@ -123,6 +124,10 @@ class LocalBackend(Backend):
         5, help="Seconds between SIGTERM and SIGKILL when stopping a process."
     ).tag(config=True)
 
+    retire_timeout = Float(
+        10, help="Seconds to let the scheduler retire workers (move their results) before they are stopped."
+    ).tag(config=True)
+
     log_tail_bytes = Integer(
         64 * 1024, help="How much of the end of each log file `logs` returns."
     ).tag(config=True)
@@ -181,13 +186,7 @@ class LocalBackend(Backend):
                 p.send_signal(signal.SIGTERM)
             except psutil.Error:
                 pass
-        for p in live:
-            if p.pid in self._children:
-                try:
-                    self._children[p.pid].wait(self.stop_grace)
-                except subprocess.TimeoutExpired:
-                    pass
-        _, still = psutil.wait_procs(live, timeout=self.stop_grace)
+        _, still = psutil.wait_procs(live, timeout=self.stop_grace)  # all at once; reaps our children
         for p in still:
             try:
                 p.kill()
@@ -280,6 +279,15 @@ class LocalBackend(Backend):
             shutil.rmtree(d / "workers" / name, ignore_errors=True)
 
     async def stop_workers(self, cluster: ClusterSpec, workers: dict[str, dict[str, Any]]) -> None:
+        address = cluster.backend_state.get("address")
+        if address and cluster.tls.get("key"):
+            # graceful first: the scheduler moves the workers' results to the others
+            try:
+                await SchedulerProbe(timeout=self.retire_timeout).retire_workers(
+                    address, cluster.tls["cert"], cluster.tls["key"], list(workers)
+                )
+            except (OSError, asyncio.TimeoutError) as e:
+                self.log.warning("Cluster %s: retiring workers failed, stopping them anyway: %s", cluster.id, e)
         await self._in_thread(self._stop_workers_sync, cluster, workers)
 
     def _poll_sync(self, clusters: list[ClusterSpec]) -> dict[str, ClusterObservation]:
