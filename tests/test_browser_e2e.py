@@ -278,6 +278,7 @@ async def test_bob_cannot_open_alices_dashboard(journey, open_browser, shots):
             await expect(page.get_by_role("heading", name="My clusters")).to_be_visible()
             response = await page.goto(cluster["dashboard_link"])
             assert response.status == 403
+            await expect(page.locator("body")).to_contain_text("may not use this cluster")
             await shots(page, "alices-dashboard-refused")
             response = await page.goto(f"{hub.url}{PREFIX}clusters/{cluster['id']}")
             assert response.status == 404
@@ -285,6 +286,37 @@ async def test_bob_cannot_open_alices_dashboard(journey, open_browser, shots):
             await shots(page, "alices-cluster-page-hidden")
         finally:
             await alice.delete(f"clusters/{cluster['id']}")
+
+
+async def test_an_admin_filters_every_users_clusters_and_stops_one(journey, open_browser, shots):
+    hub = journey.hub
+    async with journey.client(await hub.create_user("bob")) as bob:
+        created = await bob.post("clusters", json={"options": {"workers": 0}})
+        assert created.status_code == 201, created.text
+        cluster_id = created.json()["id"]
+        await hub.create_user("alice", admin=True)
+        try:
+            page = await open_browser()
+            await iam_login(page, hub.url, hub.iam.issuer, "alice", shots)
+            await page.goto(f"{hub.url}{PREFIX}")
+            await page.get_by_role("link", name="All clusters (admin)").click()
+            row = page.locator(f'tr[data-cluster="{cluster_id}"]')
+            await expect(row).to_contain_text("bob")
+            await page.get_by_label("Filter by owner or cluster id").fill("nobody")
+            await expect(row).to_have_count(0)
+            await page.get_by_label("Filter by owner or cluster id").fill("bo")
+            await expect(row).to_be_visible()
+            await shots(page, "admin-filtered")
+            await row.get_by_role("button", name=f"Stop cluster {cluster_id} of bob").click()
+            await page.locator("dialog#confirm-stop").get_by_role("button", name="Stop cluster").click()
+            await journey.wait_status(bob, cluster_id, "stopped")
+            await page.get_by_label("Status").select_option("stopped")
+            await expect(row).to_contain_text("stopped by admin alice")
+            await shots(page, "admin-stopped")
+        finally:
+            async with hub.admin_client() as api:
+                await api.patch("/users/alice", json={"admin": False})
+            await bob.delete(f"clusters/{cluster_id}")
 
 
 async def test_eve_outside_cms_sees_the_refusal_page(journey, open_browser, shots):

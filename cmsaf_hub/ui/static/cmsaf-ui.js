@@ -150,7 +150,9 @@
     return el("tr", { "data-cluster": cluster.id, "data-status": cluster.status },
       el("td", {}, el("a", { href: `${PREFIX}clusters/${cluster.id}` }, el("code", {}, cluster.id.slice(0, 12)))),
       admin ? el("td", {}, cluster.owner) : null,
-      el("td", {}, statusBadge(cluster), cluster.reason ? el("div", { class: "small text-danger cmsaf-reason" }, cluster.reason) : null),
+      el("td", {}, statusBadge(cluster), cluster.reason
+        ? el("div", { class: `small cmsaf-reason ${cluster.status === "failed" ? "text-danger" : "text-body-secondary"}` }, cluster.reason)
+        : null),
       el("td", {}, age(cluster.created)),
       el("td", {}, workersView(cluster)),
       el("td", {}, links),
