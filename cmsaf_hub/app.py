@@ -143,7 +143,11 @@ class CmsafService(Application):
         super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
-        self.secrets = SecretBox(parse_crypt_keys(self.crypt_keys))
+        try:
+            self.secrets = SecretBox(parse_crypt_keys(self.crypt_keys))
+        except ValueError as e:
+            # never echo the configured value: it is a key
+            self.exit_on_error(f"cmsaf-service: unusable encryption key configuration: {e}")
         self.limits = Limits(parent=self)
         self.cluster_options = ClusterOptions(parent=self)
         self.cluster_options.for_groups([])  # fail now on a bad option schema
@@ -330,6 +334,11 @@ class CmsafService(Application):
 
     def start(self) -> None:
         asyncio.run(self.run())
+
+
+    def exit_on_error(self, message: str) -> None:
+        self.log.critical("%s", message)
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
