@@ -78,8 +78,37 @@ if CA_FILE:
     c.IAMAuthenticator.http_request_kwargs = {"ca_certs": CA_FILE}
 
 # --- user sessions --------------------------------------------------------------------------------
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = str(STATE_DIR / "home" / "{username}")
+HUB_URL = c.JupyterHub.bind_url
+c.JupyterHub.spawner_class = "cmsaf-local"
+c.IAMLocalSpawner.run_as_hub_user = True  # demo: sessions run as the hub's OS user, homes under the state dir
+c.IAMLocalSpawner.session_root = str(STATE_DIR / "sessions")
+c.IAMLocalSpawner.condor_collector_host = setting("CONDOR_COLLECTOR_HOST", "")
+c.IAMLocalSpawner.condor_schedd_host = setting("CONDOR_SCHEDD_HOST", "")
+c.IAMLocalSpawner.condor_schedd_name = setting("CONDOR_SCHEDD_NAME", "")
+c.IAMLocalSpawner.condor_ca_file = setting("CONDOR_CA_FILE", "")
+# Where data is read (docs/data-access.md): the origin, the site XCache, the CA directory for roots://.
+DATA_ENV = {name: value for name, value in {
+    "CMSAF_XROOTD_ORIGIN": setting("XROOTD_ORIGIN"),
+    "CMSAF_XCACHE_URL": setting("XCACHE_URL"),
+    "X509_CERT_DIR": setting("X509_CERT_DIR"),
+}.items() if value}
+c.IAMLocalSpawner.xrootd_env = DATA_ENV
 c.Spawner.default_url = "/lab"
-# The session runs from the hub's own Python environment (the venv the demo installs).
-c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+
+# --- the Dask cluster service (hub-managed service "cmsaf") ----------------------------------------
+if setting("CLUSTER_SERVICE", "on") != "off":
+    from cmsaf_hub.hubconfig import cluster_service
+
+    cluster_service(
+        c,
+        url=f"http://127.0.0.1:{setting('SERVICE_PORT', '10101')}",
+        public_url=HUB_URL,
+        db_url=setting("SERVICE_DB_URL", f"sqlite:///{STATE_DIR / 'cmsaf-service.sqlite'}"),
+        backend=setting("SERVICE_BACKEND", "local"),
+        crypt_key=setting("SERVICE_CRYPT_KEY"),
+        config_file=setting("SERVICE_CONFIG"),
+        cwd=str(STATE_DIR),
+        # the local backend's workers inherit the service's environment, so they read data like
+        # sessions do; for HTCondor workers set CmsafService.cluster_env in CMSAF_SERVICE_CONFIG
+        extra_env=DATA_ENV,
+    )

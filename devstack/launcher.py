@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cmsaf_hub.crypto import new_crypt_key
 from devstack.hub import REPO_ROOT, HubError, HubProcess, IAMClientSettings, port_is_free
 from devstack.iam import DevIAM, DevIAMError
 
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cmsaf-demo", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=8000, help="the hub's public port on 127.0.0.1 (default 8000)")
     p.add_argument("--iam-port", type=int, default=8443, help="the dev IAM's HTTPS port (default 8443)")
+    p.add_argument("--service-port", type=int, default=10101,
+                   help="the cluster service's port on 127.0.0.1, behind the hub (default 10101)")
     p.add_argument("--state-dir", type=Path, default=REPO_ROOT / ".devstack",
                    help="where the CA, keys and databases are kept (default .devstack/ in the repository)")
     p.add_argument("--token-lifetime", type=int, default=3600,
@@ -56,7 +59,7 @@ def check_prerequisites(args: argparse.Namespace) -> None:
         raise LaunchError("the dev stack's Node.js packages are missing: run ./demo (or npm ci --prefix devstack)")
     if not (REPO_ROOT / "jupyterhub_config.py").is_file():
         raise LaunchError(f"cannot read {REPO_ROOT / 'jupyterhub_config.py'}")
-    for name, port in (("--port", args.port), ("--iam-port", args.iam_port)):
+    for name, port in (("--port", args.port), ("--iam-port", args.iam_port), ("--service-port", args.service_port)):
         if not port_is_free(port):
             raise LaunchError(f"port {port} on 127.0.0.1 is in use: stop what uses it or pass {name} <other port>")
 
@@ -65,11 +68,14 @@ async def run(args: argparse.Namespace) -> None:
     state = args.state_dir.resolve()
     client_secret = _persistent_secret(state / "hub-client-secret", lambda: secrets.token_urlsafe(32))
     crypt_key = _persistent_secret(state / "crypt-key", lambda: secrets.token_hex(32))
+    # kept, so that the service re-adopts running clusters after a restart of the demo
+    service_key = _persistent_secret(state / "service-crypt-key", new_crypt_key)
     hub = HubProcess(
         state_dir=state / "hub",
         iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=client_secret),
         crypt_key=crypt_key,
         port=args.port,
+        env={"CMSAF_SERVICE_PORT": str(args.service_port), "CMSAF_SERVICE_CRYPT_KEY": service_key},
     )
     iam = DevIAM(
         state / "iam",
@@ -108,6 +114,7 @@ def banner(hub: HubProcess, iam: DevIAM) -> str:
     return (
         f"\ncmsaf-hub demo is running.\n"
         f"  Hub:     {hub.url}\n"
+        f"  Dask clusters: {hub.url}services/cmsaf/  (API: {hub.url}services/cmsaf/api/v1/)\n"
         f"  Dev IAM: {iam.issuer}  (CA: {iam.ca_cert})\n"
         f"  Users:\n{users}\n"
         f"  Logs:    {hub.log_path}, {iam.log_path}\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from tornado import web
-from traitlets import Dict, Unicode, default
+from traitlets import Dict, List, Unicode, default
 from traitlets.config import Configurable
 
 from .tokens import (
@@ -125,6 +125,14 @@ class TokenDeliveryMixin(Configurable):
         extension creates.""",
     ).tag(config=True)
 
+    server_extensions = List(
+        Unicode(),
+        ["cmsaf_hub.labextension"],
+        help="""Jupyter server extensions enabled in every session (``--ServerApp.jpserver_extensions``).
+        ``cmsaf_hub.labextension`` makes the Dask sidebar list and open every cluster of the user's,
+        wherever it was created.""",
+    ).tag(config=True)
+
     @default("server_token_scopes")
     def _default_server_token_scopes(self) -> list[str]:
         # JupyterHub's "server" role, plus access to the cluster service: the refresher, the Dask
@@ -198,6 +206,13 @@ class TokenDeliveryMixin(Configurable):
             host = "127.0.0.1" + host
         base_url = settings.get("base_url", "/") or "/"
         return f"{parsed.scheme}://{host}{base_url.rstrip('/')}/services/{self.service_name}/"
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        if self.server_extensions:
+            enabled = ", ".join(f"{name!r}: True" for name in self.server_extensions)
+            args.append(f"--ServerApp.jpserver_extensions={{{enabled}}}")
+        return args
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()

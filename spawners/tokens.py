@@ -137,6 +137,7 @@ class SessionSettings:
     xrootd_env: Mapping[str, str] = field(default_factory=dict)
     dask_factory_module: str = "cmsaf_hub.client"
     dask_factory_class: str = "HubCluster"
+    dask_security_loader: str = "cmsaf_hub.client.security.security_loader"
 
 
 def choose_bearer_token(token_names: Iterable[str], configured: str = "") -> str | None:
@@ -174,6 +175,8 @@ def session_env(settings: SessionSettings, token_names: Iterable[str]) -> dict[s
         "CMSAF_SERVICE_URL": settings.service_url,
         "DASK_LABEXTENSION__FACTORY__MODULE": settings.dask_factory_module,
         "DASK_LABEXTENSION__FACTORY__CLASS": settings.dask_factory_class,
+        # lets the sidebar's injected ``Client("ws://…/comm")`` code authenticate as pasted
+        "DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": settings.dask_security_loader,
     }
     env.update({key: value for key, value in optional.items() if value})
     return env

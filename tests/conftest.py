@@ -68,6 +68,8 @@ async def hub_factory(tmp_path, dev_pki):
     ``await hub_factory(extra_config="...", env={...}, iam_options={...})`` starts a dev IAM for the
     hub (``iam_options`` go to ``DevIAM``: lifetimes, extra clients) with the hub's client registered
     for its callback URL, then the hub with configurable-http-proxy. ``hub.iam`` is that DevIAM.
+    The config's own cluster service is off unless ``env`` says ``CMSAF_CLUSTER_SERVICE=on``: the
+    service tests register it themselves with their settings (tests/service_helpers.py).
     """
     hubs: list[RunningHub] = []
     iams: list[DevIAM] = []
@@ -82,7 +84,7 @@ async def hub_factory(tmp_path, dev_pki):
             iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=secret),
             crypt_key=secrets.token_hex(32),
             extra_config=admin_service_config(admin_token) + extra_config,
-            env=env or {},
+            env={"CMSAF_CLUSTER_SERVICE": "off", **(env or {})},
         )
         options = dict(iam_options or {})
         clients = list(options.pop("clients", []))

@@ -31,7 +31,7 @@ def test_launcher_port_in_use_is_one_clear_line(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         r = run_quick(LAUNCHER + ["--port", str(port), "--iam-port", str(free_port()),
-                                  "--state-dir", str(tmp_path)])
+                                  "--service-port", str(free_port()), "--state-dir", str(tmp_path)])
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -101,9 +101,10 @@ async def test_admin_group_makes_bob_admin_and_eve_is_refused(hub_factory):
 
 @pytest.mark.slow
 async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_path):
-    port, iam_port = free_port(), free_port()
+    port, iam_port, service_port = free_port(), free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
-        *LAUNCHER, "--port", str(port), "--iam-port", str(iam_port), "--state-dir", str(tmp_path),
+        *LAUNCHER, "--port", str(port), "--iam-port", str(iam_port), "--service-port", str(service_port),
+        "--state-dir", str(tmp_path),
         cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
     )
@@ -121,11 +122,18 @@ async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_p
         assert page.status_code == 200
         assert str(page.url).startswith(f"https://127.0.0.1:{iam_port}/")
         assert 'name="password"' in page.text
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(100):  # the hub starts its managed cluster service beside it
+                health = await http.get(f"http://127.0.0.1:{port}/services/cmsaf/api/v1/health")
+                if health.status_code == 200:
+                    break
+                await asyncio.sleep(0.3)
+        assert health.status_code == 200, health.text
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)
     assert proc.returncode == 0
     # Ctrl-C stopped everything it started: nothing listens any more.
-    for p in (port, iam_port):
+    for p in (port, iam_port, service_port):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", p)) != 0

@@ -159,6 +159,7 @@ def test_session_env_full():
         "CMSAF_SERVICE_URL": "http://127.0.0.1:8000/services/cmsaf/",
         "DASK_LABEXTENSION__FACTORY__MODULE": "cmsaf_hub.client",
         "DASK_LABEXTENSION__FACTORY__CLASS": "HubCluster",
+        "DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": "cmsaf_hub.client.security.security_loader",
     }
 
 

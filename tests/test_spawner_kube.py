@@ -119,7 +119,7 @@ async def manifest(spawner: IAMKubeSpawner) -> dict:
 
 
 async def test_pod_env_volumes_and_containers():
-    spawner = make_spawner()
+    spawner = make_spawner(cmd=["jupyterhub-singleuser"])  # as deploy/helm/values.yaml sets it
     pod = await manifest(spawner)
     by_name = containers(pod)
     notebook = by_name["notebook"]
@@ -133,6 +133,8 @@ async def test_pod_env_volumes_and_containers():
     assert env["CMSAF_SERVICE_URL"] == "https://cmsaf.example/services/cmsaf/"
     assert env["CMSAF_ISSUER"] == "https://iam.example/"
     assert env["DASK_LABEXTENSION__FACTORY__CLASS"] == "HubCluster"
+    assert env["DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER"] == "cmsaf_hub.client.security.security_loader"
+    assert "--ServerApp.jpserver_extensions={'cmsaf_hub.labextension': True}" in notebook["args"]
 
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["cmsaf-token-secret"]["secret"] == {
