@@ -90,6 +90,8 @@ async def journey(tmp_path_factory, dev_pki):
         crypt_key=secrets.token_hex(32),
         extra_config=admin_service_config(admin_token) + journey_config(base / "sessions")
         + service_config_text(service_dir, port=free_port(), crypt_key=key),
+        # the service is registered above with the tests' fast loops, not by the repository's config
+        env={"CMSAF_CLUSTER_SERVICE": "off"},
     )
     iam = DevIAM(base / "iam", clients=[{
         "client_id": HUB_CLIENT_ID, "client_secret": secret,
@@ -236,6 +238,22 @@ async def test_alice_logs_in_starts_her_server_and_runs_a_cluster(journey, open_
     await expect(page.locator("#action-message")).to_contain_text("Scaling to 2 workers")
     await expect(page.locator("#cluster-workers")).to_contain_text("2 / 2 running", timeout=SLOW_STEP_MS)
     await shots(page, "scaled-to-2")
+
+    # adapt: the page shows the range the service recorded
+    await page.get_by_label("Minimum").fill("1")
+    await page.get_by_label("Maximum").fill("")
+    await page.get_by_role("button", name="Adapt").click()
+    await expect(page.locator("#action-message")).to_have_text("Maximum: enter a whole number of workers")
+    await page.get_by_label("Maximum").fill("3")
+    await page.get_by_role("button", name="Adapt").click()
+    await expect(page.locator("#cluster-adapt")).to_have_text("between 1 and 3 workers")
+
+    # the browser holds none of alice's IAM tokens: the pages only carry the service's login cookie
+    auth_state = (await hub.get_user("alice"))["auth_state"]
+    tokens = [auth_state["access_token"], auth_state["refresh_token"]]
+    tokens += [e["access_token"] for e in auth_state["exchanged_tokens"].values()]
+    html = await page.content()
+    assert all(token not in html for token in tokens)
 
     # logs: the scheduler's and each worker's
     await page.get_by_role("link", name="Logs").click()

@@ -41,8 +41,6 @@ class PageError(web.HTTPError):
 class PageHandler(HubOAuthenticated, web.RequestHandler):
     """Resolves the hub user without blocking (or sends the browser to log in), renders templates."""
 
-    template = ""
-
     def initialize(self, service: "CmsafService", env: Environment, look: HubLook) -> None:
         self.service = service
         self.hub_auth = service.hub_auth

@@ -29,7 +29,8 @@ def hub_templates_dir() -> Path:
 
 def template_environment(hub_templates: Path | None = None) -> Environment:
     """Our templates first, then the hub's (so ``{% extends "page.html" %}`` finds the hub's page)."""
-    loader = ChoiceLoader([FileSystemLoader(str(TEMPLATES_DIR)), FileSystemLoader(str(hub_templates or hub_templates_dir()))])
+    hub = hub_templates or hub_templates_dir()
+    loader = ChoiceLoader([FileSystemLoader(str(TEMPLATES_DIR)), FileSystemLoader(str(hub))])
     return Environment(loader=loader, autoescape=select_autoescape(default=True, default_for_string=True))
 
 

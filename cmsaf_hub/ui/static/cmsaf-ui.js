@@ -100,7 +100,15 @@
     const reasons = (w.held_reasons || []).length
       ? el("ul", { class: "cmsaf-held small mb-0" }, w.held_reasons.map((r) => el("li", {}, `held: ${r}`)))
       : null;
-    return el("div", { class: "cmsaf-workers" }, bar, el("span", { class: "cmsaf-workers-text small" }, words), reasons);
+    const text = el("span", { class: "cmsaf-workers-text small" }, words);
+    return el("div", { class: "cmsaf-workers" }, bar, text, reasons);
+  }
+
+  // why a cluster ended: in red when it failed, muted when it was stopped
+  function reasonView(cluster) {
+    if (!cluster.reason) return null;
+    const tone = cluster.status === "failed" ? "text-danger" : "text-body-secondary";
+    return el("div", { class: `small cmsaf-reason ${tone}` }, cluster.reason);
   }
 
   function busy(cluster) {
@@ -137,7 +145,9 @@
       el("a", { href: `${PREFIX}clusters/${cluster.id}/logs` }, "Logs"));
     const action = admin && ACTIVE.includes(cluster.status)
       ? el("button", {
-        class: "btn btn-sm btn-outline-danger", type: "button", "aria-label": `Stop cluster ${cluster.id} of ${cluster.owner}`,
+        class: "btn btn-sm btn-outline-danger",
+        type: "button",
+        "aria-label": `Stop cluster ${cluster.id} of ${cluster.owner}`,
         onclick: async () => {
           try {
             if (await stopCluster(cluster.id)) refresh();
@@ -150,9 +160,7 @@
     return el("tr", { "data-cluster": cluster.id, "data-status": cluster.status },
       el("td", {}, el("a", { href: `${PREFIX}clusters/${cluster.id}` }, el("code", {}, cluster.id.slice(0, 12)))),
       admin ? el("td", {}, cluster.owner) : null,
-      el("td", {}, statusBadge(cluster), cluster.reason
-        ? el("div", { class: `small cmsaf-reason ${cluster.status === "failed" ? "text-danger" : "text-body-secondary"}` }, cluster.reason)
-        : null),
+      el("td", {}, statusBadge(cluster), reasonView(cluster)),
       el("td", {}, age(cluster.created)),
       el("td", {}, workersView(cluster)),
       el("td", {}, links),
@@ -283,8 +291,8 @@
       for (const control of document.querySelectorAll("#cluster-actions button, #cluster-actions input")) {
         control.disabled = !changeable;
       }
-      if (document.activeElement !== scaleInput && scaleInput.value === "") scaleInput.value = cluster.workers.requested;
-      if (document.activeElement !== adaptMax && adaptMax.value === "") adaptMax.value = Math.max(cluster.workers.requested, 1);
+      if (scaleInput.value === "") scaleInput.value = cluster.workers.requested;
+      if (adaptMax.value === "") adaptMax.value = Math.max(cluster.workers.requested, 1);
     }
 
     async function poll() {
@@ -322,14 +330,26 @@
       }
     }
 
+    // a whole number of workers from an input, or null (and a message) when it is not one
+    function workers(input, what) {
+      const raw = input.value.trim();
+      if (/^\d+$/.test(raw)) return Number(raw);
+      message.textContent = `${what}: enter a whole number of workers`;
+      input.focus();
+      return null;
+    }
+
     document.getElementById("scale-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      act(`clusters/${clusterId}/scale`, { workers: Number(scaleInput.value) }, `Scaling to ${scaleInput.value} workers`);
+      const n = workers(scaleInput, "Number of workers");
+      if (n !== null) act(`clusters/${clusterId}/scale`, { workers: n }, `Scaling to ${n} workers`);
     });
     document.getElementById("adapt-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      act(`clusters/${clusterId}/adapt`, { minimum: Number(adaptMin.value), maximum: Number(adaptMax.value) },
-        `Adapting between ${adaptMin.value} and ${adaptMax.value} workers`);
+      const minimum = workers(adaptMin, "Minimum");
+      const maximum = minimum === null ? null : workers(adaptMax, "Maximum");
+      if (maximum === null) return;
+      act(`clusters/${clusterId}/adapt`, { minimum, maximum }, `Adapting between ${minimum} and ${maximum} workers`);
     });
     document.getElementById("stop-button").addEventListener("click", async () => {
       try {
@@ -351,10 +371,12 @@
     async function load() {
       try {
         const logs = await api("GET", `clusters/${clusterId}/logs`);
-        const names = Object.keys(logs).sort((a, b) => (a === "scheduler" ? -1 : b === "scheduler" ? 1 : a.localeCompare(b)));
-        body.replaceChildren(...(names.length ? names.map((name) => el("details", { class: "cmsaf-log", open: true },
-          el("summary", {}, name), el("pre", { tabindex: "0", "aria-label": `log of ${name}` }, logs[name] || "(empty)")))
-          : [el("p", {}, "No logs yet.")]));
+        // the scheduler first, then the workers by name
+        const names = Object.keys(logs).sort((a, b) => (b === "scheduler") - (a === "scheduler") || a.localeCompare(b));
+        const block = (name) => el("details", { class: "cmsaf-log", open: true },
+          el("summary", {}, name),
+          el("pre", { tabindex: "0", "aria-label": `log of ${name}` }, logs[name] || "(empty)"));
+        body.replaceChildren(...(names.length ? names.map(block) : [el("p", {}, "No logs yet.")]));
         showAlert("");
       } catch (e) {
         showAlert(e.message);
