@@ -33,7 +33,7 @@ from devstack.hub import HubProcess, IAMClientSettings, free_port  # noqa: E402
 from devstack.iam import DevIAM  # noqa: E402
 from devstack.pki import ensure_dev_pki  # noqa: E402
 from tests.harness.hub import RunningHub, admin_service_config, new_admin_token  # noqa: E402
-from tests.service_helpers import ServiceHub, service_config_text  # noqa: E402
+from tests.service_helpers import HUB_ENV, ServiceHub, service_config_text  # noqa: E402
 
 WORKERS = 4
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -53,7 +53,8 @@ async def running_service_hub(state: Path, *, backend: str = "local", config: st
     extra = admin_service_config(admin_token) + "c.Authenticator.admin_users = {'root'}\n"
     extra += service_config_text(service_dir, port=free_port(), crypt_key=key, backend=backend, config=config)
     process = HubProcess(state_dir=state / "hub", iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID,
-                         client_secret=secret), crypt_key=secrets.token_hex(32), extra_config=extra)
+                         client_secret=secret), crypt_key=secrets.token_hex(32), extra_config=extra,
+                         env=dict(HUB_ENV))
     iam = DevIAM(state / "iam", clients=[{"client_id": HUB_CLIENT_ID, "client_secret": secret,
                  "redirect_uris": [f"{process.url}hub/oauth_callback"], "grant_types": HUB_GRANT_TYPES}])
     await iam.start()

@@ -102,6 +102,10 @@ cluster_service(
 """
 
 
+#: The repository's config registers the service itself; these tests register it their own way
+#: (their own directory, config file and backend), through the same cmsaf_hub.hubconfig call.
+HUB_ENV = {"CMSAF_CLUSTER_SERVICE": "off"}
+
 #: Hub admins of the service tests (the harness's admin service may not make users admins itself).
 ADMIN_USERS = "c.Authenticator.admin_users = {'root'}\n"
 
@@ -112,7 +116,7 @@ async def start_service_hub(hub_factory, tmp_path: Path, *, backend: str = "loca
     key = new_crypt_key()
     text = service_config_text(service_dir, port=free_port(), crypt_key=key, backend=backend, config=config,
                                extra_env=extra_env)
-    hub = await hub_factory(extra_config=ADMIN_USERS + text)
+    hub = await hub_factory(extra_config=ADMIN_USERS + text, env=HUB_ENV)
     sh = ServiceHub(hub=hub, service_dir=service_dir, crypt_key=key)
     await sh.wait_ready()
     return sh

@@ -31,7 +31,7 @@ async def test_openapi_fuzzing_finds_no_server_errors(hub_factory, tmp_path):
         "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
         "--header", f"Authorization: token {token}",
         "--max-examples", "15",
-        "--max-time", "60",
+        "--max-time", "40",
         "--seed", "1",
         "--request-timeout", "20",
         "--workers", "2",
