@@ -57,23 +57,11 @@ if reason := missing_browser():
 from playwright.async_api import Page, async_playwright, expect  # noqa: E402
 
 
-def journey_config(session_root: Path) -> str:
-    """IAMAuthenticator + IAMLocalSpawner; no admin groups, so bob is a plain /cms user."""
-    exchanges = {"condor": {"audience": "https://wlcg.cern.ch/jwt/v1/any",
-                            "scope": "compute.read compute.create compute.modify compute.cancel"}}
-    return f"""
-import os
-c.JupyterHub.authenticator_class = "authenticators.IAMAuthenticator"
-c.IAMAuthenticator.issuer = os.environ["CMSAF_IAM_ISSUER"]
-c.IAMAuthenticator.token_exchanges = {exchanges!r}
-c.IAMAuthenticator.admin_groups = set()
-c.JupyterHub.spawner_class = "spawners.IAMLocalSpawner"
-c.IAMLocalSpawner.run_as_hub_user = True
-c.IAMLocalSpawner.session_root = {str(session_root)!r}
-c.IAMLocalSpawner.default_url = "/lab"
-c.IAMLocalSpawner.start_timeout = 90
-c.IAMLocalSpawner.http_timeout = 90
-"""
+#: The repository's config as a newcomer runs it (IAMAuthenticator, IAMLocalSpawner with JupyterLab), except:
+#: no admin groups, so bob is a plain /cms user, and the service registered by the test (fast loops).
+HUB_ENV = {"CMSAF_ADMIN_GROUPS": "", "CMSAF_CLUSTER_SERVICE": "off"}
+#: a busy 2-core machine may need more than the default 30 s for JupyterLab to answer
+SLOW_SPAWN = "c.Spawner.http_timeout = 90\nc.Spawner.start_timeout = 90\n"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -88,10 +76,9 @@ async def journey(tmp_path_factory, dev_pki):
         state_dir=base / "hub",
         iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=secret),
         crypt_key=secrets.token_hex(32),
-        extra_config=admin_service_config(admin_token) + journey_config(base / "sessions")
+        extra_config=admin_service_config(admin_token) + SLOW_SPAWN
         + service_config_text(service_dir, port=free_port(), crypt_key=key),
-        # the service is registered above with the tests' fast loops, not by the repository's config
-        env={"CMSAF_CLUSTER_SERVICE": "off"},
+        env=HUB_ENV,
     )
     iam = DevIAM(base / "iam", clients=[{
         "client_id": HUB_CLIENT_ID, "client_secret": secret,
