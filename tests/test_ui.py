@@ -157,3 +157,8 @@ async def test_pages_under_a_real_hub_cookie_changes_need_the_xsrf_token(hub_fac
     async with httpx.AsyncClient() as anonymous:
         r = await anonymous.get(f"{sh.hub.url}services/cmsaf/clusters")
         assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"]
+    # a service's token is not a user: it owns no clusters and gets no pages
+    async with httpx.AsyncClient(headers={"Authorization": f"token {sh.hub.admin_token}"}) as service:
+        r = await service.get(f"{sh.hub.url}services/cmsaf/clusters")
+        assert r.status_code == 403 and "Only hub users own clusters." in r.text
+        assert sh.hub.admin_token not in r.text
