@@ -138,6 +138,13 @@ c.JupyterHub.load_roles = [
         return int((self.state_dir / "proxy.pid").read_text())
 
 
+class OAuthCallback(HubOAuthCallbackHandler):
+    """The hub's OAuth callback, bound to this service's HubOAuth (not the process-wide singleton)."""
+
+    def initialize(self, hub_auth: HubOAuth) -> None:
+        self.hub_auth = hub_auth
+
+
 class Service:
     """The part of the cluster service the forwarder needs: a tornado app, a resolver, HubOAuth."""
 
@@ -149,7 +156,7 @@ class Service:
             api_token=hub.service_token,
             api_url=hub.api_url,
             oauth_client_id="service-cmsaf",
-            oauth_redirect_uri=f"{hub.url}{PREFIX}oauth_callback",
+            oauth_redirect_uri=f"{PREFIX}oauth_callback",  # as the hub registers it for a service
             base_url=PREFIX,
             hub_prefix="/hub/",
             access_scopes={"access:services!service=cmsaf"},
@@ -162,7 +169,7 @@ class Service:
         app = web.Application(
             [
                 *forwarder_handlers(PREFIX, self.resolve, self.hub_auth),
-                (PREFIX + "oauth_callback", HubOAuthCallbackHandler),
+                (PREFIX + "oauth_callback", OAuthCallback, {"hub_auth": self.hub_auth}),
             ],
             hub_auth=self.hub_auth,
             cookie_secret=b"forwarder-tests-" + secrets.token_bytes(16),
@@ -420,3 +427,26 @@ async def test_service_and_proxy_restarts_restore_access(hub, service, running, 
         await asyncio.sleep(0.5)
         await wait_for_status(dashboard_url(hub, "c1"), tokens["alice"], 200)
         assert await client.submit(abs, -3) == 3
+
+
+async def test_browser_logs_in_through_hub_oauth_and_gets_the_dashboard(hub, running):
+    async with httpx.AsyncClient(follow_redirects=True, timeout=60) as browser:
+        r = await browser.get(dashboard_url(hub, "c1"), headers={"Accept": "text/html"})
+        assert r.url.path == "/hub/login"  # sent to the hub to log in
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', r.text).group(1)
+        r = await browser.post(r.url, data={"username": "alice", "password": "pw", "_xsrf": xsrf},
+                               headers={"Accept": "text/html"})
+        assert r.status_code == 200 and r.url.path == f"{PREFIX}clusters/c1/dashboard/status", r.url
+        assert "bokeh.min.js" in r.text
+        cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies.jar if c.path.startswith(PREFIX))
+
+    session_token = re.search(r'"token":"([^"]+)"', r.text).group(1)
+    ws_url = f"ws://127.0.0.1:{hub.port}{PREFIX}clusters/c1/dashboard/status/ws"
+    same_site = {"Cookie": cookie, "Origin": hub.url}
+    ws = await websocket_connect(HTTPRequest(ws_url, headers=same_site), subprotocols=["bokeh", session_token])
+    assert json.loads(await ws.read_message())["msgtype"] == "ACK"
+    ws.close()
+    with pytest.raises(HTTPClientError) as e:  # another site cannot ride on the user's cookie
+        await websocket_connect(HTTPRequest(ws_url, headers={**same_site, "Origin": "https://evil.example"}),
+                                subprotocols=["bokeh", session_token])
+    assert e.value.code == 403
