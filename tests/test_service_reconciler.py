@@ -83,7 +83,10 @@ async def test_worker_failures_in_a_row_fail_the_cluster(rig):
     try:
         record = await create(rec, workers=2)
         await until(lambda: record.status is ClusterStatus.FAILED, timeout=90)
-        assert record.reason.startswith("3 worker failures in a row; last: worker process exited")
+        # two workers can fail in the same poll: the count reaches the limit or just passes it
+        count, _, rest = record.reason.partition(" ")
+        assert int(count) in (3, 4) and rest.startswith("worker failures in a row; last: worker process exited")
+        assert "No module named 'no_such_module_xyz'" in record.reason
         assert record.workers_failed_total >= 3 and not record.workers
     finally:
         await rec.stop()
