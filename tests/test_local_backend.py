@@ -66,7 +66,8 @@ async def test_lifecycle_compute_kill_stop(backend, tmp_path):
     with pytest.raises(OSError):
         await Client(info.backend_state["ws_address"], asynchronous=True, timeout=3)
 
-    obs = (await backend.poll([spec]))[spec.id]
+    # running once each worker's log says it registered (it may log that just after the scheduler knows)
+    obs = await poll_until(backend, spec, lambda o: all(w.phase is WorkerPhase.RUNNING for w in o.workers.values()))
     assert obs.scheduler_alive
     assert {n: o.phase for n, o in obs.workers.items()} == {w.name: WorkerPhase.RUNNING for w in submitted}
 
