@@ -284,9 +284,8 @@
       document.getElementById("cluster-workers").replaceChildren(workersView(cluster));
       document.getElementById("cluster-adapt").textContent = cluster.adapt
         ? `between ${cluster.adapt.minimum} and ${cluster.adapt.maximum} workers` : "no";
-      const dashboard = document.getElementById("dashboard-link");
-      dashboard.href = cluster.dashboard_link;
-      dashboard.classList.toggle("d-none", cluster.status !== "running");
+      document.getElementById("dashboard-link").href = cluster.dashboard_link || "#";
+      document.getElementById("dashboard-item").classList.toggle("d-none", cluster.status !== "running");
       const changeable = ACTIVE.includes(cluster.status) && cluster.status !== "stopping";
       for (const control of document.querySelectorAll("#cluster-actions button, #cluster-actions input")) {
         control.disabled = !changeable;
