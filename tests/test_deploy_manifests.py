@@ -339,6 +339,19 @@ def unknown_traits(config: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+def test_hub_loads_the_project_classes_by_their_entry_point_names():
+    from jupyterhub.app import JupyterHub
+
+    from authenticators import IAMAuthenticator
+    from spawners import IAMKubeSpawner
+
+    names = VALUE_SETS["values"]["hub"]["config"]["JupyterHub"]
+    assert (names["authenticator_class"], names["spawner_class"]) == ("cmsaf-iam", "cmsaf-kube")
+    hub = JupyterHub(config=Config({"JupyterHub": names}))  # resolved as JupyterHub resolves them
+    assert hub.authenticator_class is IAMAuthenticator
+    assert hub.spawner_class is IAMKubeSpawner
+
+
 def test_hub_config_sets_only_existing_traits():
     config = VALUE_SETS["values"]["hub"]["config"]
     assert {"IAMAuthenticator", "IAMKubeSpawner"} <= set(config)
