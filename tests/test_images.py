@@ -185,6 +185,12 @@ def test_session_image_points_dask_labextension_at_hubcluster():
     traits = TokenDeliveryMixin.class_traits()
     assert (traits["dask_factory_module"].default_value, traits["dask_factory_class"].default_value) == (
         module, cls)
+    from spawners.tokens import SessionSettings
+
+    loader = re.search(r"DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER=(\S+)", env).group(1)
+    assert loader == SessionSettings.dask_security_loader  # the spawner's per-session value
+    loader_module, _, loader_name = loader.rpartition(".")
+    assert callable(getattr(importlib.import_module(loader_module), loader_name))
 
 
 def test_session_user_matches_the_deployments_uid_and_gid():
