@@ -1,10 +1,11 @@
 """Seconds from asking for a cluster to scheduler-ready and to 4 workers connected.
 
 This service (local backend, under a real hub, reached through the hub's proxy like a user) against
-dask-gateway-server's local backend (its own API and proxy), measured in the same run, alternating.
+dask-gateway-server's local backend (its own API and proxy), measured in the same run, alternating
+which goes first.
 Prints each round, the medians and the ratio service/gateway (target ≤ 1.0).
 
-    .venv/bin/python benchmarks/cluster_start.py [--rounds 3]
+    .venv/bin/python benchmarks/cluster_start.py [--rounds 4]
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from tests.harness.hub import RunningHub, admin_service_config, new_admin_token 
 from tests.service_helpers import HUB_ENV, ServiceHub, service_config_text  # noqa: E402
 
 WORKERS = 4
+#: Seconds of quiet before each measurement (the previous cluster's processes finish exiting).
+SETTLE = 3.0
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
@@ -148,8 +151,12 @@ async def main(rounds: int) -> None:
             token = await sh.hub.create_user("alice")
             with running_gateway(state / "gw") as gateway:
                 for i in range(rounds):
-                    results["service"].append(await service_round(sh, token))
-                    results["gateway"].append(await gateway_round(gateway))
+                    # alternate who goes first, and let the previous round's processes exit first
+                    order = ["service", "gateway"] if i % 2 == 0 else ["gateway", "service"]
+                    for name in order:
+                        await asyncio.sleep(SETTLE)
+                        run = service_round(sh, token) if name == "service" else gateway_round(gateway)
+                        results[name].append(await run)
                     print(f"round {i + 1}: service ready {results['service'][-1][0]:.2f}s "
                           f"{WORKERS} workers {results['service'][-1][1]:.2f}s | dask-gateway ready "
                           f"{results['gateway'][-1][0]:.2f}s {WORKERS} workers {results['gateway'][-1][1]:.2f}s",
@@ -164,6 +171,6 @@ async def main(rounds: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     os.environ.setdefault("PYTHONPATH", str(REPO))
     asyncio.run(main(parser.parse_args().rounds))
