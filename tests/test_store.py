@@ -84,3 +84,74 @@ def test_key_rotation_and_wrong_key():
 
 def test_password_hidden_in_repr():
     assert "hunter2" not in repr(Store("postgresql://svc:hunter2@db.example/cmsaf"))
+
+
+def _postgres_tools():
+    import shutil
+
+    return all(shutil.which(t) for t in ("initdb", "pg_ctl")) and _has_psycopg()
+
+
+def _has_psycopg() -> bool:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback (as the postgres user when the tests run as root)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    if not _postgres_tools():
+        pytest.skip("PostgreSQL (initdb, pg_ctl) or psycopg is not installed")
+    import tempfile
+    from pathlib import Path
+
+    as_user = []
+    # outside pytest's 0700 tree, so that the postgres user can reach it
+    root = Path(tempfile.mkdtemp(prefix="cmsaf-pg-"))
+    data = root / "pgdata"
+    data.mkdir()
+    if os.geteuid() == 0:
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser: PostgreSQL refuses to run as root")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        root.chmod(0o755)
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)  # noqa: E731
+    run("initdb", "-D", str(data), "--auth=trust", "-U", "postgres")
+    run("pg_ctl", "-D", str(data), "-w", "-o", f"-p {port} -k {data} -h 127.0.0.1", "-l", str(data / "log"), "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_postgresql_roundtrip(postgres_url):
+    box = SecretBox(parse_crypt_keys(new_crypt_key()))
+    store = Store(postgres_url)
+    await store.open()
+    record = ClusterRecord(id="pg1", owner="alice", options={"workers": 1}, created=time.time(),
+                           tls_cert="cert", tls_key_encrypted=box.encrypt("key"), backend_state={"a": [1, 2]})
+    await store.add(record)
+    await store.save_worker(WorkerRecord("pg1", "w1", backend_state={"pid": 7}))
+    record.status = ClusterStatus.RUNNING
+    await store.save(record)
+    await store.close()
+
+    again = Store(postgres_url)
+    await again.open()
+    loaded = again.get("pg1")
+    assert loaded.status is ClusterStatus.RUNNING and loaded.backend_state == {"a": [1, 2]}
+    assert box.decrypt(loaded.tls_key_encrypted) == "key" and loaded.workers["w1"].backend_state == {"pid": 7}
+    await again.close()
