@@ -93,11 +93,9 @@ def _postgres_tools():
 
 
 def _has_psycopg() -> bool:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("psycopg") is not None
 
 
 @pytest.fixture
