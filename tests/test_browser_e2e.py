@@ -23,7 +23,7 @@ from devstack.hub import HubProcess, IAMClientSettings
 from devstack.iam import DevIAM
 from tests.conftest import HUB_CLIENT_ID, HUB_GRANT_TYPES
 from tests.harness.hub import RunningHub, admin_service_config, new_admin_token
-from tests.service_helpers import REPO, ServiceHub, free_port, service_config_text
+from tests.service_helpers import HUB_ENV, REPO, ServiceHub, free_port, service_config_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -59,7 +59,7 @@ from playwright.async_api import Page, async_playwright, expect  # noqa: E402
 
 #: The repository's config as a newcomer runs it (IAMAuthenticator, IAMLocalSpawner with JupyterLab), except:
 #: no admin groups, so bob is a plain /cms user, and the service registered by the test (fast loops).
-HUB_ENV = {"CMSAF_ADMIN_GROUPS": "", "CMSAF_CLUSTER_SERVICE": "off"}
+JOURNEY_ENV = {**HUB_ENV, "CMSAF_ADMIN_GROUPS": ""}
 #: a busy 2-core machine may need more than the default 30 s for JupyterLab to answer
 SLOW_SPAWN = "c.Spawner.http_timeout = 90\nc.Spawner.start_timeout = 90\n"
 
@@ -78,7 +78,7 @@ async def journey(tmp_path_factory, dev_pki):
         crypt_key=secrets.token_hex(32),
         extra_config=admin_service_config(admin_token) + SLOW_SPAWN
         + service_config_text(service_dir, port=free_port(), crypt_key=key),
-        env=HUB_ENV,
+        env=JOURNEY_ENV,
     )
     iam = DevIAM(base / "iam", clients=[{
         "client_id": HUB_CLIENT_ID, "client_secret": secret,
