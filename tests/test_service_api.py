@@ -95,8 +95,13 @@ async def test_lifecycle_isolation_and_admin(hub_factory, tmp_path):
         assert (await alice.delete(f"clusters/{cid}")).status_code == 200  # idempotent
         assert (await alice.post(f"clusters/{cid}/scale", json={"workers": 1})).status_code == 409
 
+        # admins manage every cluster
+        r = await admin.delete(f"clusters/{rb.json()['id']}")
+        assert r.status_code == 200
+        assert (await sh.wait_status(bob, rb.json()["id"], "stopped"))["reason"] == "stopped by admin root"
+
         metrics = await admin.get("metrics")
-        assert 'cmsaf_clusters{status="stopped"} 1.0' in metrics.text
+        assert 'cmsaf_clusters{status="stopped"} 2.0' in metrics.text
         assert (await alice.get("metrics")).status_code == 403
 
     log = sh.hub.log_text()
