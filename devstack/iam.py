@@ -110,6 +110,11 @@ class DevIAM:
         return self._ensure_pki().ca_cert
 
     @property
+    def pki(self) -> DevPKI:
+        """The dev CA and the server certificate this IdP serves (other dev servers reuse them)."""
+        return self._ensure_pki()
+
+    @property
     def hub_client_secret(self) -> str:
         return self._clients[HUB_CLIENT_ID]["client_secret"]
 
@@ -200,6 +205,21 @@ class DevIAM:
         for pipe in (process.stdin, process.stdout):
             if pipe:
                 pipe.close()
+
+    async def client_token(self, client_id: str, *, scope: str,
+                           audience: str = "https://wlcg.cern.ch/jwt/v1/any") -> str:
+        """A client-credentials access token of a registered client (a service acting as itself)."""
+        import httpx
+
+        from devstack.pki import trust
+
+        client = self._clients[client_id]
+        async with httpx.AsyncClient(verify=trust(self.ca_cert), timeout=30) as http:
+            r = await http.post(f"{self.issuer}token", auth=(client_id, client["client_secret"]),
+                                data={"grant_type": "client_credentials", "scope": scope, "audience": audience})
+        if r.status_code != 200:
+            raise DevIAMError(f"client_credentials for {client_id} refused: {r.status_code} {r.text[:200]}")
+        return r.json()["access_token"]
 
     async def __aenter__(self) -> DevIAM:
         await self.start()

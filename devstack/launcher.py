@@ -18,7 +18,9 @@ from pathlib import Path
 
 from cmsaf_hub.crypto import new_crypt_key
 from devstack.hub import REPO_ROOT, HubError, HubProcess, IAMClientSettings, port_is_free
-from devstack.iam import DevIAM, DevIAMError
+from devstack.datademo import SAMPLES, XCACHE_CLIENT, DemoData, keep_cache_token_fresh, start_demo_data
+from devstack.iam import HUB_GRANT_TYPES, DevIAM, DevIAMError
+from devstack.xrootd import XRootDError, missing_prerequisites
 
 HUB_CLIENT_ID = "cmsaf-hub"
 
@@ -47,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the cluster service's port on 127.0.0.1, behind the hub (default 10101)")
     p.add_argument("--state-dir", type=Path, default=REPO_ROOT / ".devstack",
                    help="where the CA, keys and databases are kept (default .devstack/ in the repository)")
+    p.add_argument("--no-data", action="store_true",
+                   help="do not start the local XRootD origin + XCache with sample files")
     p.add_argument("--token-lifetime", type=int, default=3600,
                    help="access-token lifetime in seconds issued by the dev IAM (default 3600)")
     return p.parse_args(argv)
@@ -77,36 +81,44 @@ async def run(args: argparse.Namespace) -> None:
         port=args.port,
         env={"CMSAF_SERVICE_PORT": str(args.service_port), "CMSAF_SERVICE_CRYPT_KEY": service_key},
     )
+    data_reason = "turned off (--no-data)" if args.no_data else missing_prerequisites()
     iam = DevIAM(
         state / "iam",
         port=args.iam_port,
         access_token_lifetime=args.token_lifetime,
-        clients=[{
-            "client_id": HUB_CLIENT_ID,
-            "client_secret": client_secret,
-            "redirect_uris": [f"{hub.url}hub/oauth_callback"],
-            "grant_types": ["authorization_code", "refresh_token",
-                            "urn:ietf:params:oauth:grant-type:token-exchange",
-                            "urn:ietf:params:oauth:grant-type:device_code"],
-        }],
+        clients=[
+            {"client_id": HUB_CLIENT_ID, "client_secret": client_secret,
+             "redirect_uris": [f"{hub.url}hub/oauth_callback"], "grant_types": HUB_GRANT_TYPES},
+            *([] if data_reason else [dict(XCACHE_CLIENT)]),
+        ],
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    data = None
+    background: list[asyncio.Task] = []
     try:
         await iam.start()
         hub.iam.issuer, hub.iam.ca_cert = iam.issuer, iam.ca_cert
+        if not data_reason:
+            data = await start_demo_data(iam, state / "data")
+            hub.env.update(data.hub_env)
+            background.append(asyncio.create_task(keep_cache_token_fresh(iam, data.stack, args.token_lifetime)))
         await hub.start()
-        print(banner(hub, iam), flush=True)
+        print(banner(hub, iam, data, data_reason), flush=True)
         await stop.wait()
         print("\ncmsaf-demo: stopping…", flush=True)
     finally:
+        for task in background:
+            task.cancel()
         await hub.stop()
+        if data:
+            await data.stack.stop()
         await iam.stop()
 
 
-def banner(hub: HubProcess, iam: DevIAM) -> str:
+def banner(hub: HubProcess, iam: DevIAM, data: DemoData | None, data_reason: str | None) -> str:
     users = "\n".join(
         f"    {u['username']:<6} password {u['password']:<16} groups {' '.join(u['groups']) or '(none)'}"
         for u in (iam.user(n) for n in ("alice", "bob", "eve"))
@@ -117,8 +129,11 @@ def banner(hub: HubProcess, iam: DevIAM) -> str:
         f"  Dask clusters: {hub.url}services/cmsaf/  (API: {hub.url}services/cmsaf/api/v1/)\n"
         f"  Dev IAM: {iam.issuer}  (CA: {iam.ca_cert})\n"
         f"  Users:\n{users}\n"
-        f"  Logs:    {hub.log_path}, {iam.log_path}\n"
-        f"Press Ctrl-C to stop everything.\n"
+        + (f"  Data:    origin {data.hub_env['CMSAF_XROOTD_ORIGIN']}, XCache {data.hub_env['CMSAF_XCACHE_URL']}; "
+           f"samples {', '.join(SAMPLES)} (examples/read-data-on-a-cluster.ipynb)\n"
+           if data else f"  Data:    no local XRootD site: {data_reason}\n")
+        + f"  Logs:    {hub.log_path}, {iam.log_path}\n"
+        + "Press Ctrl-C to stop everything.\n"
     )
 
 
@@ -127,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_prerequisites(args)
         asyncio.run(run(args))
-    except (LaunchError, HubError, DevIAMError) as e:
+    except (LaunchError, HubError, DevIAMError, XRootDError) as e:
         first, *rest = str(e).splitlines() or [""]
         print(f"cmsaf-demo: {first}", file=sys.stderr)
         if rest:

@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,11 @@ class DevPKI:
     ca_cert: Path
     server_cert: Path
     server_key: Path
+
+
+def trust(ca_cert: Path) -> ssl.SSLContext:
+    """A TLS client context that trusts the dev CA explicitly (never verification turned off)."""
+    return ssl.create_default_context(cafile=str(ca_cert))
 
 
 def _write_private(path: Path, data: bytes) -> None:

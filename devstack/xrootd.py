@@ -251,7 +251,7 @@ class DataStack:
             origin_port,
         )
         await self.origin.start()
-        token_copy = cache_dir / "service.token"
+        token_copy = self._cache_token_copy = cache_dir / "service.token"
         shutil.copyfile(self.cache_token_file, token_copy)
         os.chmod(token_copy, 0o600)
         x509_dir = hashed_ca_dir(self.ca_cert, cache_dir / "certificates")
@@ -269,6 +269,15 @@ class DataStack:
         except BaseException:
             await self.origin.stop()
             raise
+
+    def replace_cache_token(self, token: str) -> None:
+        """Give the cache a fresh service token (it reads the file at each new origin connection)."""
+        tmp = self._cache_token_copy.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        _chown_tree(tmp)
+        os.replace(tmp, self._cache_token_copy)
 
     async def stop(self) -> None:
         for server in (self.cache, self.origin):

@@ -12,17 +12,11 @@ import pytest
 import pytest_asyncio
 
 from devstack.hub import HubProcess, IAMClientSettings
-from devstack.iam import DevIAM
+from devstack.iam import HUB_GRANT_TYPES, DevIAM
 from devstack.pki import DevPKI, ensure_dev_pki
 from tests.harness.hub import RunningHub, admin_service_config, new_admin_token
 
 HUB_CLIENT_ID = "cmsaf-hub"
-HUB_GRANT_TYPES = [
-    "authorization_code",
-    "refresh_token",
-    "urn:ietf:params:oauth:grant-type:token-exchange",
-    "urn:ietf:params:oauth:grant-type:device_code",
-]
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from devstack.hub import REPO_ROOT, free_port
+from devstack.xrootd import missing_prerequisites
 from tests.harness.login import login_via_iam, trusting
 
 LAUNCHER = [sys.executable, "-m", "devstack.launcher"]
@@ -116,6 +117,8 @@ async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_p
             output += line.decode()
         assert f"http://127.0.0.1:{port}/" in output
         assert re.search(r"alice\s+password alice-password", output)
+        if missing_prerequisites() is None:  # the optional local XRootD site came up beside the hub
+            assert re.search(r"Data:\s+origin roots://localhost:\d+, XCache roots://localhost:\d+", output)
         ca = tmp_path / "iam" / "pki" / "ca.pem"
         async with httpx.AsyncClient(verify=trusting(ca), follow_redirects=True, timeout=30) as http:
             page = await http.get(f"http://127.0.0.1:{port}/hub/oauth_login")
@@ -130,7 +133,8 @@ async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_p
                 await asyncio.sleep(0.3)
         assert health.status_code == 200, health.text
     finally:
-        proc.send_signal(signal.SIGINT)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)
     assert proc.returncode == 0
     # Ctrl-C stopped everything it started: nothing listens any more.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from devstack.iam import DevIAM
 from devstack.xrootd import DataStack, hashed_ca_dir
-from tests.harness.tokens import HarnessClient, service_token, user_token
+from tests.harness.tokens import HarnessClient, user_token
 
 
 @dataclass
@@ -51,8 +51,8 @@ async def start_data_site(state: Path, files: dict[str, bytes]) -> DataSite:
     await iam.start()
     try:
         cache_token = state / "cache.token"
-        cache_token.write_text(await service_token(iam, client, scope="storage.read:/"))
-        pki = iam._ensure_pki()
+        cache_token.write_text(await iam.client_token(client.client_id, scope="storage.read:/"))
+        pki = iam.pki
         stack = DataStack(iam.issuer, pki.ca_cert, pki.server_cert, pki.server_key, cache_token)
         for path, content in files.items():
             target = stack.store_path(path)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin
 
 import httpx
+
+from devstack.pki import trust as trusting
 
 
 class _FormParser(HTMLParser):
@@ -46,11 +47,6 @@ class HubSession(httpx.AsyncClient):
     async def __aenter__(self) -> "HubSession":
         # The login already opened the client; ``async with`` only owns its closing.
         return self
-
-
-def trusting(ca_cert: Path) -> ssl.SSLContext:
-    """Trust the dev CA explicitly (never turn verification off)."""
-    return ssl.create_default_context(cafile=str(ca_cert))
 
 
 async def login_via_iam(hub, username: str, password: str, *, ca_cert: Path | None = None,

@@ -81,12 +81,6 @@ async def user_token(iam: DevIAM, client: HarnessClient, username: str, *, scope
     return (await exchange(iam, client, login["access_token"], scope=scope, audience=audience))["access_token"]
 
 
-async def service_token(iam: DevIAM, client: HarnessClient, *, scope: str, audience: str = WLCG_AUDIENCE) -> str:
-    """A client-credentials token (a service acting as itself, e.g. the XCache towards the origin)."""
-    return (await _token(iam, client, {"grant_type": "client_credentials", "scope": scope,
-                                       "audience": audience}))["access_token"]
-
-
 def issuer_signed(iam: DevIAM, claims: dict) -> str:
     """A JWT signed with the dev IAM's own current key, for tokens it will not issue on request
     (e.g. one that has already expired). Read from the IdP's state directory, as only a test may."""
