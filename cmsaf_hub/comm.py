@@ -34,12 +34,18 @@ CREDENTIAL_ENV = "CMSAF_WORKER_CREDENTIAL"
 CREDENTIAL_FILE_ENV = "CMSAF_WORKER_CREDENTIAL_FILE"
 
 
+#: Bytes read per socket read on a hub websocket (tornado's default, 64 KiB, costs one event-loop
+#: turn per 64 KiB of a multi-MiB Dask frame).
+READ_CHUNK_SIZE = 1024 * 1024
+
+
 class _NoDelay:
-    """Connector mixin: Nagle off on the websocket's TCP stream as soon as it is connected."""
+    """Connector mixin: Nagle off, and larger socket reads, on the websocket's TCP stream."""
 
     async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> WS:
         comm = await super().connect(address, deserialize=deserialize, **connection_args)  # type: ignore[misc]
         comm.sock.stream.set_nodelay(True)
+        comm.sock.stream.read_chunk_size = min(READ_CHUNK_SIZE, comm.sock.stream.max_buffer_size // 2)
         return comm
 
 

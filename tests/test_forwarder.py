@@ -126,11 +126,12 @@ c.JupyterHub.load_roles = [
             self.proc.terminate()
             await asyncio.wait_for(self.proc.wait(), 30)
 
-    async def user_token(self, name: str) -> str:
+    async def user_token(self, name: str, scopes: list[str] | None = None) -> str:
         async with httpx.AsyncClient(base_url=self.api_url, headers={"Authorization": f"token {self.admin_token}"}) as api:
             r = await api.post(f"/users/{name}")
             assert r.status_code in (201, 409), r.text
-            r = await api.post(f"/users/{name}/tokens", json={"note": "forwarder tests"})
+            body = {"note": "forwarder tests", **({"scopes": scopes} if scopes else {})}
+            r = await api.post(f"/users/{name}/tokens", json=body)
             r.raise_for_status()
             return r.json()["token"]
 
@@ -277,6 +278,10 @@ async def test_missing_or_bad_credentials(hub, running, tokens):
         assert r.status_code == 401 and "error" in r.json()
         r = await http.get(dashboard_url(hub, "c1"), headers=auth("not-a-token"))
         assert r.status_code == 401
+        # alice's own token, but without access to the service: identified, not allowed
+        narrow = await hub.user_token("alice", scopes=["read:users:name!user=alice"])
+        r = await http.get(dashboard_url(hub, "c1"), headers=auth(narrow))
+        assert r.status_code == 403
         # a browser without a cookie is sent to the hub's OAuth login
         r = await http.get(dashboard_url(hub, "c1"), headers={"Accept": "text/html"})
         assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"]

@@ -51,16 +51,18 @@ class ForwarderHandler(HubOAuthenticated, web.RequestHandler):
             return value.strip()
         return None
 
-    async def hub_user(self) -> dict[str, Any] | None:
-        """The hub user (token first, then OAuth cookie), or None; asks the hub without blocking."""
+    async def hub_user(self) -> tuple[dict[str, Any] | None, bool]:
+        """``(user model or None, whether its token grants access to this service)``.
+
+        Token first, then the OAuth cookie; asks the hub without blocking the event loop.
+        """
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
-            return None
+            return None, False
         try:
-            return self.check_hub_user(model)
+            return self.check_hub_user(model), True
         except UserNotAllowed:
-            # Identified, but the token lacks access to this service: treat as "may not".
-            return {"name": model.get("name"), "kind": "unauthorized"}
+            return model, False
 
     def is_websocket_request(self) -> bool:
         return self.request.headers.get("Upgrade", "").lower() == "websocket"
@@ -81,9 +83,9 @@ class ForwarderHandler(HubOAuthenticated, web.RequestHandler):
         """Return the cluster if this request may use it; otherwise finish with the right error."""
         self.target = target = await self.resolve(cluster_id)
         worker_ok = accept_worker_credential and credential_matches(target, self.presented_token())
-        user = None if worker_ok else await self.hub_user()
-        if user is not None and user.get("kind") == "unauthorized":
-            decision = Decision.FORBIDDEN
+        user, service_access = (None, False) if worker_ok else await self.hub_user()
+        if user is not None and not service_access:
+            decision = Decision.FORBIDDEN  # identified, but the token may not use this service
         else:
             decision = decide(target, user, self.authorize, worker_credential_ok=worker_ok)
         if decision is Decision.ALLOW and self.is_websocket_request() and self.cross_origin():

@@ -89,6 +89,8 @@ async def _pipe(source: IOStream, sink: IOStream, chunk_size: int) -> None:
 async def splice(client: IOStream, upstream: IOStream, chunk_size: int) -> None:
     """Relay both directions until one side closes, then close both."""
     client.set_nodelay(True)
+    for stream in (client, upstream):  # one socket read per chunk, not per 64 KiB
+        stream.read_chunk_size = min(chunk_size, stream.max_buffer_size // 2)
     tasks = [asyncio.ensure_future(_pipe(client, upstream, chunk_size)),
              asyncio.ensure_future(_pipe(upstream, client, chunk_size))]
     try:
