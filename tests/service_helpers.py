@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest_asyncio
+
+from cmsaf_hub.backends.local import LocalBackend
 
 from cmsaf_hub.crypto import new_crypt_key
 
@@ -120,3 +123,23 @@ async def start_service_hub(hub_factory, tmp_path: Path, *, backend: str = "loca
     sh = ServiceHub(hub=hub, service_dir=service_dir, crypt_key=key)
     await sh.wait_ready()
     return sh
+
+
+@pytest_asyncio.fixture
+async def service_hub_factory(hub_factory, tmp_path):
+    """``await service_hub_factory(**kw)`` → a ServiceHub (start_service_hub's keywords).
+
+    At teardown, after the hub stopped, every local cluster the service left is stopped and removed:
+    clusters outlive the service by design, so a test that ends with clusters running would leak them.
+    """
+    started: list[ServiceHub] = []
+
+    async def factory(**kwargs) -> ServiceHub:
+        sh = await start_service_hub(hub_factory, tmp_path / f"s{len(started)}", **kwargs)
+        started.append(sh)
+        return sh
+
+    yield factory
+    for sh in started:
+        await sh.hub.stop()
+        await LocalBackend(state_dir=str(sh.service_dir / "cmsaf-local-clusters"), stop_grace=2).remove_all_clusters()

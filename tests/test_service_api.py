@@ -7,13 +7,13 @@ from distributed import Client
 
 from cmsaf_hub.comm import hub_security
 from cmsaf_hub.probe import client_security
-from tests.service_helpers import start_service_hub
+from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
 
-async def test_lifecycle_isolation_and_admin(hub_factory, tmp_path):
-    sh = await start_service_hub(hub_factory, tmp_path, config="c.Limits.max_workers_per_cluster = 3\n")
+async def test_lifecycle_isolation_and_admin(service_hub_factory, tmp_path):
+    sh = await service_hub_factory(config="c.Limits.max_workers_per_cluster = 3\n")
     alice_token = await sh.hub.create_user("alice")
     bob_token = await sh.hub.create_user("bob")
     admin_token = await sh.hub.create_user("root")  # admin by config

@@ -5,7 +5,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.service_helpers import start_service_hub
+from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +17,8 @@ c.CmsafService.max_request_body = 2048
 """
 
 
-async def test_error_paths_quotas_and_owner_removal(hub_factory, tmp_path):
-    sh = await start_service_hub(hub_factory, tmp_path, config=LIMITS)
+async def test_error_paths_quotas_and_owner_removal(service_hub_factory, tmp_path):
+    sh = await service_hub_factory(config=LIMITS)
     alice_token = await sh.hub.create_user("alice")
     bob_token = await sh.hub.create_user("bob")
 

@@ -11,7 +11,7 @@ import pytest
 from distributed import Client
 
 from cmsaf_hub.probe import client_security
-from tests.service_helpers import start_service_hub
+from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 from tests.test_service_api import _record
 
 pytestmark = pytest.mark.slow
@@ -47,8 +47,8 @@ def plant_orphan(state_dir) -> subprocess.Popen:
     return proc
 
 
-async def test_restart_readopts_resumes_and_cleans_orphans(hub_factory, tmp_path):
-    sh = await start_service_hub(hub_factory, tmp_path)
+async def test_restart_readopts_resumes_and_cleans_orphans(service_hub_factory, tmp_path):
+    sh = await service_hub_factory()
     token = await sh.hub.create_user("alice")
     async with sh.client(token) as alice:
         cid = (await alice.post("clusters", json={"options": {"workers": 2}})).json()["id"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_helpers import start_service_hub
+from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +19,8 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
 @pytest.mark.skipif(not SCHEMATHESIS.exists() and not shutil.which("schemathesis"), reason="schemathesis not installed")
-async def test_openapi_fuzzing_finds_no_server_errors(hub_factory, tmp_path):
-    sh = await start_service_hub(
-        hub_factory, tmp_path, backend="benchmarks.noop_backend.NoopBackend",
+async def test_openapi_fuzzing_finds_no_server_errors(service_hub_factory, tmp_path):
+    sh = await service_hub_factory(backend="benchmarks.noop_backend.NoopBackend",
         config="c.Limits.max_clusters_per_user = 5\nc.CmsafService.long_poll_max = 1\n",
     )
     token = await sh.hub.create_user("fuzzer")

@@ -3,13 +3,13 @@
 import pytest
 
 from tests.harness.login import login_via_iam
-from tests.service_helpers import start_service_hub
+from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
 
-async def test_browser_oauth_and_token_endpoint(hub_factory, tmp_path):
-    sh = await start_service_hub(hub_factory, tmp_path)
+async def test_browser_oauth_and_token_endpoint(service_hub_factory, tmp_path):
+    sh = await service_hub_factory()
     session = await login_via_iam(sh.hub, "alice", "alice-password")
     async with session:
         # a browser logs in to the service through the hub's OAuth (the service's pages start it)...

@@ -375,3 +375,13 @@ class LocalBackend(Backend):
 
     async def remove_cluster_resources(self, cluster_id: str) -> None:
         await self._in_thread(self._stop_cluster_sync, cluster_id, True)
+
+    async def remove_all_clusters(self) -> set[str]:
+        """Stop and remove every cluster under ``state_dir`` (decommissioning, test teardown).
+
+        Clusters outlive the service by design, so whoever discards a whole deployment calls this.
+        """
+        cluster_ids = await self.list_cluster_ids()
+        for cluster_id in cluster_ids:
+            await self.remove_cluster_resources(cluster_id)
+        return cluster_ids
