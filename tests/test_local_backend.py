@@ -33,8 +33,8 @@ async def backend(tmp_path):
     b = LocalBackend(state_dir=str(tmp_path / "clusters"))
     await b.start()
     yield b
-    for cid in await b.list_cluster_ids():
-        await b.remove_cluster_resources(cid)
+    await b.remove_all_clusters()
+    assert await b.list_cluster_ids() == set()
     await b.close()
 
 
@@ -104,6 +104,9 @@ async def test_survives_a_new_backend_instance_and_orphans_are_removed(backend, 
     [worker] = await backend.submit_workers(spec, 1)
     spec.backend_state = {**info.backend_state, "workers": {worker.name: worker.backend_state}}
 
+    other = ClusterSpec(id="c2other", owner="bob", options={}, tls=generate_cluster_tls("c2o").as_dict())
+    await backend.start_scheduler(other)  # left running: the fixture's remove_all_clusters must stop it
+
     restarted = LocalBackend(state_dir=backend.state_dir)
     obs = (await restarted.poll([spec]))[spec.id]
     assert obs.scheduler_alive and obs.workers[worker.name].phase in (WorkerPhase.QUEUED, WorkerPhase.RUNNING)
@@ -112,11 +115,11 @@ async def test_survives_a_new_backend_instance_and_orphans_are_removed(backend, 
     # a worker the service does not list is still reported, so the service can stop it
     unlisted = (await restarted.poll([ClusterSpec(id=spec.id, owner="bob", options={}, backend_state=info.backend_state)]))
     assert unlisted[spec.id].workers[worker.name].reason == "not known to the service"
-    assert await restarted.list_cluster_ids() == {spec.id}
+    assert await restarted.list_cluster_ids() == {spec.id, other.id}
     await restarted.remove_cluster_resources(spec.id)
     obs = await poll_until(backend, spec, lambda o: not o.scheduler_alive)
     assert obs.workers[worker.name].phase is not WorkerPhase.RUNNING
-    assert await restarted.list_cluster_ids() == set()
+    assert await restarted.list_cluster_ids() == {other.id}
 
 
 async def test_scheduler_that_cannot_start_is_a_clear_error(backend):
