@@ -27,6 +27,7 @@ from .api import misc
 from .api.base import APIError
 from .backends.base import Backend
 from .backends.local import LocalBackend
+from .cluster_tokens import ClusterTokenKeeper
 from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys
 from .forwarder import ClusterState, Target, forwarder_handlers
 from .hubapi import HubAPI, HubAPIError
@@ -114,7 +115,10 @@ class CmsafService(Application):
     ).tag(config=True)
 
     backend_tokens = Bool(
-        False, help="Give the backend the owner's exchanged tokens (e.g. HTCondor submits as the user)."
+        True,
+        help="""Give clusters their owner's exchanged tokens: to the backend at start (HTCondor submits
+        as the user; workers get token files) and pushed into running clusters before they expire
+        (ClusterTokenKeeper). Off: clusters hold no user token.""",
     ).tag(config=True)
 
     cluster_env = Dict(
@@ -162,6 +166,7 @@ class CmsafService(Application):
             store=self.store,
             secrets=self.secrets,
             tokens_provider=self.owner_tokens if self.backend_tokens else None,
+            token_keeper=ClusterTokenKeeper(parent=self, tokens_provider=self.owner_tokens) if self.backend_tokens else None,
         )
         self.reconciler.env_hook = lambda record: dict(self.cluster_env)
         self.reconciler.dashboard_prefix_hook = self.dashboard_prefix

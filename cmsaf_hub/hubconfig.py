@@ -31,8 +31,6 @@ def service_command(*, db_url: str, backend: str = "local", python: str = sys.ex
     cmd = [python, "-m", "cmsaf_hub", f"--db-url={db_url}"]
     backend_class = BACKENDS.get(backend, backend)
     cmd.append(f"--CmsafService.backend_class={backend_class}")
-    if backend == "htcondor":
-        cmd.append("--CmsafService.backend_tokens=True")
     if config_file:
         cmd.append(f"--config={config_file}")
     return cmd

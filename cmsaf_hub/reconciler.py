@@ -17,7 +17,9 @@ from traitlets import Float, Instance, Integer
 from traitlets.config import LoggingConfigurable
 
 from .backends.base import Backend, BackendError, ClusterSpec, WorkerPhase
+from .cluster_tokens import ClusterTokenKeeper
 from .crypto import CryptError, SecretBox
+from .hubapi import HubAPIError
 from .models import (
     ClusterRecord,
     ClusterStatus,
@@ -25,7 +27,7 @@ from .models import (
     WorkerRecord,
     WorkerStatus,
 )
-from .probe import SchedulerProbe
+from .probe import SchedulerProbe, client_security
 from .store import Store
 from .workqueue import WorkQueue
 
@@ -63,9 +65,11 @@ class Reconciler(LoggingConfigurable):
     store = Instance(Store)
     secrets = Instance(SecretBox)
 
-    def __init__(self, *, tokens_provider: TokensProvider | None = None, probe: SchedulerProbe | None = None, **kw):
+    def __init__(self, *, tokens_provider: TokensProvider | None = None, probe: SchedulerProbe | None = None,
+                 token_keeper: ClusterTokenKeeper | None = None, **kw):
         super().__init__(**kw)
         self.tokens_provider = tokens_provider
+        self.token_keeper = token_keeper
         self.probe = probe or SchedulerProbe()
         self.queue = WorkQueue(backoff_base=self.backoff_base, backoff_max=self.backoff_max)
         self.env_hook: Callable[[ClusterRecord], dict[str, str]] = lambda record: {}
@@ -82,6 +86,10 @@ class Reconciler(LoggingConfigurable):
         self._tasks.append(
             asyncio.create_task(self._periodic(self.activity_interval, self.check_activity), name="activity")
         )
+        if self.token_keeper is not None:
+            self._tasks.append(
+                asyncio.create_task(self._periodic(self.token_keeper.interval, self.refresh_tokens), name="tokens")
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -372,6 +380,21 @@ class Reconciler(LoggingConfigurable):
                 record.worker_target = target
                 await self.store.save(record)
                 self.enqueue(record.id)
+
+    async def refresh_tokens(self) -> None:
+        """Push the owners' current tokens into running clusters whose tokens are about to expire."""
+        now = time.time()
+        for record in list(self.store.clusters.values()):
+            if record.status is not ClusterStatus.RUNNING:
+                self.token_keeper.forget(record.id)
+            elif self.token_keeper.due(record.id, now):
+                try:
+                    key = self.secrets.decrypt(record.tls_key_encrypted)
+                    await self.token_keeper.refresh(
+                        record.id, record.owner, record.scheduler_address, client_security(record.tls_cert, key)
+                    )
+                except (OSError, asyncio.TimeoutError, CryptError, HubAPIError) as e:
+                    self.log.warning("Cluster %s: cannot refresh its tokens: %s", record.id, e)
 
     async def _forget(self, record: ClusterRecord) -> None:
         try:

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from distributed import Client
-from distributed.security import Security
 
 from cmsaf_hub.backends.base import ClusterSpec
 from cmsaf_hub.backends.local import LocalBackend
+from cmsaf_hub.cluster_tokens import ClusterTokenKeeper
 from cmsaf_hub.crypto import generate_cluster_tls
 from cmsaf_hub.data import StorageTokenError, read_bytes
+from cmsaf_hub.probe import client_security
 from devstack.xrootd import missing_prerequisites
 from tests.harness.datasite import start_data_site
 from tests.harness.tokens import issuer_signed, user_token
@@ -72,9 +75,21 @@ async def test_session_token_reads_from_the_origin(site):
     assert r.stdout == site.files[ALICE_FILE]
 
 
-async def test_dask_worker_reads_through_the_cache_and_repeat_reads_stay_in_the_cache(site, tmp_path):
-    token = await user_token(site.iam, site.client, "alice", scope="storage.read:/store")
-    env = site.env(site.token_file("alice-worker", token), cache=True)
+def expired_token(site, scope: str) -> str:
+    """alice's token as the IdP would have issued it ten minutes ago: expired a minute ago."""
+    iam, now = site.iam, int(time.time())
+    return issuer_signed(iam, {
+        "iss": iam.issuer, "sub": iam.user("alice")["sub"], "aud": "https://wlcg.cern.ch/jwt/v1/any",
+        "scope": scope, "iat": now - 600, "nbf": now - 600, "exp": now - 60,
+        "jti": f"expired-{now}", "wlcg.ver": "1.0", "client_id": site.client.client_id,
+    })
+
+
+async def test_dask_worker_reads_through_the_cache_with_tokens_the_service_keeps_fresh(site, tmp_path):
+    """Workers of a local-backend cluster get the owner's token as a file; once it expired, the
+    service's token keeper pushes a fresh one through the scheduler and reads work again without a
+    restart; the first read lands in the XCache, the second is served from the cache's disk."""
+    env = site.env(None, cache=True)  # the backend points BEARER_TOKEN_FILE at the cluster's token dir
     stack = site.stack
     cached = stack.cache_root / OTHER_FILE.lstrip("/")
     assert not cached.exists()
@@ -82,15 +97,28 @@ async def test_dask_worker_reads_through_the_cache_and_repeat_reads_stay_in_the_
     backend = LocalBackend(state_dir=str(tmp_path / "clusters"))
     await backend.start()
     tls = generate_cluster_tls("data0001").as_dict()
-    spec = ClusterSpec(id="data0001", owner="alice", options={"cores": 1, "memory": 1.0}, env=env, tls=tls)
+    spec = ClusterSpec(id="data0001", owner="alice", options={"cores": 1, "memory": 1.0}, env=env, tls=tls,
+                       tokens={"xrootd": expired_token(site, "storage.read:/store")})
+    fresh = await user_token(site.iam, site.client, "alice", scope="storage.read:/store")
+
+    async def alices_tokens(owner: str) -> dict[str, str]:
+        assert owner == "alice"
+        return {"xrootd": fresh}
+
+    keeper = ClusterTokenKeeper(tokens_provider=alices_tokens)
     try:
         info = await backend.start_scheduler(spec)
         spec.backend_state = info.backend_state
         await backend.submit_workers(spec, 1)
-        security = Security(tls_ca_file=tls["cert"], tls_client_cert=tls["cert"], tls_client_key=tls["key"],
-                            require_encryption=True)
+        security = client_security(tls["cert"], tls["key"])
         async with Client(info.address, security=security, asynchronous=True, timeout=30) as dask:
             await dask.wait_for_workers(1, timeout=60)
+            with pytest.raises(StorageTokenError, match="expired"):
+                await dask.submit(read_bytes, OTHER_FILE, pure=False)
+
+            assert keeper.due("data0001", time.time())
+            assert await keeper.refresh("data0001", "alice", info.address, security)
+            assert not keeper.due("data0001", time.time())
             first = await dask.submit(read_bytes, OTHER_FILE, pure=False)
             assert first == site.files[OTHER_FILE]
             # the cache now holds the file and its cache-info record
@@ -102,6 +130,8 @@ async def test_dask_worker_reads_through_the_cache_and_repeat_reads_stay_in_the_
             finally:
                 await stack.origin.start()
             assert second == first
+        token_file = Path(backend.state_dir) / "data0001" / "tokens" / "xrootd.token"
+        assert token_file.read_text() == fresh and stat.S_IMODE(token_file.stat().st_mode) == 0o600
     finally:
         await backend.stop_cluster(spec)
         await backend.close()
@@ -124,13 +154,8 @@ async def test_token_without_scope_for_the_path_is_refused_clearly(site):
 
 
 async def test_expired_token_is_refused_and_a_refreshed_one_works_without_restart(site):
-    iam, alice = site.iam, site.iam.user("alice")
-    now = int(time.time())
-    expired = issuer_signed(iam, {
-        "iss": iam.issuer, "sub": alice["sub"], "aud": "https://wlcg.cern.ch/jwt/v1/any",
-        "scope": "storage.read:/store", "iat": now - 600, "nbf": now - 600, "exp": now - 60,
-        "jti": "expired-test", "wlcg.ver": "1.0", "client_id": site.client.client_id,
-    })
+    iam = site.iam
+    expired = expired_token(site, "storage.read:/store")
     path = site.token_file("alice-rotating", expired)
     env = site.env(path, cache=False)
 

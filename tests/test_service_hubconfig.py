@@ -9,10 +9,9 @@ def test_command_per_backend():
     cmd = service_command(db_url="sqlite:///x.sqlite", python="/py")
     assert cmd[:3] == ["/py", "-m", "cmsaf_hub"]
     assert "--CmsafService.backend_class=cmsaf_hub.backends.local.LocalBackend" in cmd
-    assert "--CmsafService.backend_tokens=True" not in cmd
     condor = service_command(db_url="sqlite:///x.sqlite", backend="htcondor", config_file="/etc/c.py")
     assert "--CmsafService.backend_class=cmsaf_hub.backends.htcondor.HTCondorBackend" in condor
-    assert "--CmsafService.backend_tokens=True" in condor and "--config=/etc/c.py" in condor
+    assert "--config=/etc/c.py" in condor
 
 
 def test_registers_service_roles_and_user_access():

@@ -25,6 +25,9 @@ from typing import Any
 import psutil
 from traitlets import Float, Integer, Unicode, default
 
+from spawners.tokenfiles import ensure_token_dir, write_token_files
+from spawners.tokens import token_filename
+
 from .base import (
     Backend,
     BackendError,
@@ -124,6 +127,13 @@ class LocalBackend(Backend):
         5, help="Seconds between SIGTERM and SIGKILL when stopping a process."
     ).tag(config=True)
 
+    bearer_token_name = Unicode(
+        "xrootd",
+        help="""Which of the owner's tokens ``BEARER_TOKEN_FILE`` points at in schedulers and workers
+        (WLCG bearer-token discovery: XRootD reads). All tokens are files in ``$CMSAF_TOKEN_DIR``,
+        written at start and kept fresh by the service's token push.""",
+    ).tag(config=True)
+
     retire_timeout = Float(
         10, help="Seconds to let the scheduler retire workers (move their results) before they are stopped."
     ).tag(config=True)
@@ -195,11 +205,22 @@ class LocalBackend(Backend):
         psutil.wait_procs(still, timeout=self.stop_grace)
         self._reap()
 
+    def _token_env(self, d: Path) -> dict[str, str]:
+        """Where the cluster's processes find the owner's tokens (one directory shared by all)."""
+        tokens = d / "tokens"
+        return {"CMSAF_TOKEN_DIR": str(tokens), "BEARER_TOKEN_FILE": str(tokens / token_filename(self.bearer_token_name))}
+
+    def _env(self, cluster: ClusterSpec) -> dict[str, str]:
+        return {**self._token_env(self._dir(cluster.id)), **cluster.env}
+
     def _prepare_dir(self, cluster: ClusterSpec) -> Path:
         d = self._dir(cluster.id)
         for sub in ("logs", "pids", "workers"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
+        token_dir = self._token_env(d)["CMSAF_TOKEN_DIR"]
+        ensure_token_dir(token_dir)
+        write_token_files(token_dir, {token_filename(name): value for name, value in cluster.tokens.items()})
         (d / "tls.pem").write_text(cluster.tls["cert"])
         key_path = d / "tls.key"
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -218,7 +239,7 @@ class LocalBackend(Backend):
             raise BackendError("the cluster has no TLS credentials")
         d = await self._in_thread(self._prepare_dir, cluster)
         proc_state = await self._in_thread(
-            self._spawn, d, SCHEDULER, scheduler_command(self.python, cluster.dashboard_prefix), cluster.env
+            self._spawn, d, SCHEDULER, scheduler_command(self.python, cluster.dashboard_prefix), self._env(cluster)
         )
         deadline = time.monotonic() + self.scheduler_start_timeout
         address_file = d / ADDRESS_FILE
@@ -257,7 +278,7 @@ class LocalBackend(Backend):
         for _ in range(count):
             name = f"{cluster.id[:8]}-{secrets.token_hex(4)}"
             cmd = worker_command(self.python, address, name, cluster.options)
-            submitted.append(SubmittedWorker(name, self._spawn(d, name, cmd, cluster.env)))
+            submitted.append(SubmittedWorker(name, self._spawn(d, name, cmd, self._env(cluster))))
         return submitted
 
     async def submit_workers(self, cluster: ClusterSpec, count: int) -> list[SubmittedWorker]:

@@ -31,10 +31,13 @@ class DataSite:
         os.chmod(path, 0o600)
         return path
 
-    def env(self, token_path: Path, *, cache: bool) -> dict[str, str]:
-        """What a session (or a worker) gets from the spawner / cluster service."""
-        env = {"BEARER_TOKEN_FILE": str(token_path), "X509_CERT_DIR": str(self.x509_dir),
-               "CMSAF_XROOTD_ORIGIN": self.stack.origin.url, "XRD_CONNECTIONRETRY": "1"}
+    def env(self, token_path: Path | None, *, cache: bool) -> dict[str, str]:
+        """What a session (or a worker) gets from the spawner / cluster service; without
+        ``token_path`` no BEARER_TOKEN_FILE (a backend that delivers the tokens sets it)."""
+        env = {"X509_CERT_DIR": str(self.x509_dir), "CMSAF_XROOTD_ORIGIN": self.stack.origin.url,
+               "XRD_CONNECTIONRETRY": "1"}
+        if token_path is not None:
+            env["BEARER_TOKEN_FILE"] = str(token_path)
         if cache:
             env["CMSAF_XCACHE_URL"] = self.stack.cache.url
         return env
