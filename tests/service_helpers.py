@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest_asyncio
+import pytest
 
-from cmsaf_hub.backends.local import LocalBackend
 
 from cmsaf_hub.crypto import new_crypt_key
+from devstack.hub import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,12 +24,6 @@ c.LocalBackend.stop_grace = 3
 c.CmsafService.owner_check_interval = 1
 c.CmsafService.user_cache_seconds = 0.5
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -125,21 +118,15 @@ async def start_service_hub(hub_factory, tmp_path: Path, *, backend: str = "loca
     return sh
 
 
-@pytest_asyncio.fixture
-async def service_hub_factory(hub_factory, tmp_path):
-    """``await service_hub_factory(**kw)`` → a ServiceHub (start_service_hub's keywords).
-
-    At teardown, after the hub stopped, every local cluster the service left is stopped and removed:
-    clusters outlive the service by design, so a test that ends with clusters running would leak them.
-    """
-    started: list[ServiceHub] = []
+@pytest.fixture
+def service_hub_factory(hub_factory, tmp_path):
+    """``await service_hub_factory(**kw)`` → a ServiceHub (start_service_hub's keywords); the hub,
+    and every local cluster its service left, are stopped by ``hub_factory`` after the test."""
+    count = 0
 
     async def factory(**kwargs) -> ServiceHub:
-        sh = await start_service_hub(hub_factory, tmp_path / f"s{len(started)}", **kwargs)
-        started.append(sh)
-        return sh
+        nonlocal count
+        count += 1
+        return await start_service_hub(hub_factory, tmp_path / f"s{count}", **kwargs)
 
-    yield factory
-    for sh in started:
-        await sh.hub.stop()
-        await LocalBackend(state_dir=str(sh.service_dir / "cmsaf-local-clusters"), stop_grace=2).remove_all_clusters()
+    return factory

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,10 +18,7 @@ import pytest
 import pytest_asyncio
 
 from cmsaf_hub.crypto import new_crypt_key
-from devstack.hub import HubProcess, IAMClientSettings
-from devstack.iam import DevIAM
-from tests.conftest import HUB_CLIENT_ID, HUB_GRANT_TYPES
-from tests.harness.hub import RunningHub, admin_service_config, new_admin_token
+from tests.harness.hub import launch_hub, shutdown_hub
 from tests.service_helpers import HUB_ENV, REPO, ServiceHub, free_port, service_config_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -68,33 +64,18 @@ SLOW_SPAWN = "c.Spawner.http_timeout = 90\nc.Spawner.start_timeout = 90\n"
 async def journey(tmp_path_factory, dev_pki):
     """One hub, dev IAM and cluster service for the whole module."""
     base = tmp_path_factory.mktemp("browser-e2e")
-    secret = secrets.token_urlsafe(24)
-    admin_token = new_admin_token()
     service_dir = base / "service"
     key = new_crypt_key()
-    process = HubProcess(
-        state_dir=base / "hub",
-        iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=secret),
-        crypt_key=secrets.token_hex(32),
-        extra_config=admin_service_config(admin_token) + SLOW_SPAWN
-        + service_config_text(service_dir, port=free_port(), crypt_key=key),
-        env=JOURNEY_ENV,
+    hub = await launch_hub(
+        base, env=JOURNEY_ENV,
+        extra_config=SLOW_SPAWN + service_config_text(service_dir, port=free_port(), crypt_key=key),
     )
-    iam = DevIAM(base / "iam", clients=[{
-        "client_id": HUB_CLIENT_ID, "client_secret": secret,
-        "redirect_uris": [f"{process.url}hub/oauth_callback"], "grant_types": HUB_GRANT_TYPES,
-    }])
-    await iam.start()
-    process.iam.issuer, process.iam.ca_cert = iam.issuer, iam.ca_cert
-    hub = RunningHub(process=process, admin_token=admin_token, iam=iam)
     try:
-        await hub.start()
         sh = ServiceHub(hub=hub, service_dir=service_dir, crypt_key=key)
         await sh.wait_ready()
         yield sh
     finally:
-        await hub.stop()
-        await iam.stop()
+        await shutdown_hub(hub, leftovers=base)
 
 
 @pytest.fixture(scope="module")

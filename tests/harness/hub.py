@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
-from devstack.hub import HubProcess
-from devstack.iam import DevIAM
+from cmsaf_hub.backends.local import LocalBackend
+from devstack.hub import HubProcess, IAMClientSettings
+from devstack.iam import HUB_GRANT_TYPES, DevIAM
 
 ADMIN_SERVICE = "harness-admin"
 
@@ -89,3 +91,51 @@ class RunningHub:
 
 def new_admin_token() -> str:
     return secrets.token_hex(32)
+
+
+HUB_CLIENT_ID = "cmsaf-hub"
+
+
+async def launch_hub(base: Path, *, extra_config: str = "", env: dict[str, str] | None = None,
+                     iam_options: dict | None = None) -> RunningHub:
+    """A dev IAM with the hub's client registered for its callback URL, then the hub, under ``base``.
+
+    The config's own cluster service is off unless ``env`` says ``CMSAF_CLUSTER_SERVICE=on``: the
+    service tests register it themselves with their settings (tests/service_helpers.py).
+    """
+    admin_token = new_admin_token()
+    secret = secrets.token_urlsafe(24)
+    process = HubProcess(
+        state_dir=base / "hub",
+        iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=secret),
+        crypt_key=secrets.token_hex(32),
+        extra_config=admin_service_config(admin_token) + extra_config,
+        env={"CMSAF_CLUSTER_SERVICE": "off", **(env or {})},
+    )
+    options = dict(iam_options or {})
+    clients = [*options.pop("clients", []), {
+        "client_id": HUB_CLIENT_ID, "client_secret": secret,
+        "redirect_uris": [f"{process.url}hub/oauth_callback"], "grant_types": HUB_GRANT_TYPES,
+    }]
+    iam = DevIAM(base / "iam", clients=clients, **options)
+    await iam.start()
+    process.iam.issuer, process.iam.ca_cert = iam.issuer, iam.ca_cert
+    hub = RunningHub(process=process, admin_token=admin_token, iam=iam)
+    try:
+        await hub.start()
+    except BaseException:
+        await iam.stop()
+        raise
+    return hub
+
+
+async def shutdown_hub(hub: RunningHub, leftovers: Path) -> None:
+    """Stop the hub and its IAM, then every local Dask cluster started below ``leftovers``.
+
+    Clusters outlive the service (and the hub) by design, so a test ending with clusters running
+    would otherwise leak their processes.
+    """
+    await hub.stop()
+    await hub.iam.stop()
+    for state_dir in leftovers.rglob("cmsaf-local-clusters"):
+        await LocalBackend(state_dir=str(state_dir), stop_grace=2).remove_all_clusters()
