@@ -29,7 +29,7 @@ from .backends.base import Backend
 from .backends.local import LocalBackend
 from .cluster_tokens import ClusterTokenKeeper
 from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys
-from .forwarder import ClusterState, Target, forwarder_handlers
+from .forwarder import ClusterState, Target, forwarder_handlers, hash_credential
 from .hubapi import HubAPI, HubAPIError
 from .metrics import ServiceMetrics
 from .models import ClusterRecord, ClusterStatus, cluster_model
@@ -219,6 +219,10 @@ class CmsafService(Application):
             "uptime_seconds": round(time.time() - self._started, 1),
         }
 
+    def worker_credential(self, cluster_id: str) -> str:
+        """The secret with which outbound-only workers join a cluster through the hub (owner only)."""
+        return self.secrets.derive(f"worker-credential:{cluster_id}")
+
     async def forwarder_target(self, cluster_id: str) -> Target | None:
         """The forwarder's view of a cluster (see cmsaf_hub.forwarder)."""
         record = self.store.get(cluster_id)
@@ -239,6 +243,7 @@ class CmsafService(Application):
             state=_FORWARDER_STATES.get(record.status, ClusterState.STOPPED),
             scheduler_ws_address=record.backend_state.get("ws_address"),
             dashboard_address=record.dashboard_address,
+            worker_credential_sha256=hash_credential(self.worker_credential(record.id)),
             upstream_ssl=upstream_ssl,
         )
 
@@ -257,6 +262,7 @@ class CmsafService(Application):
             (api + f"clusters/{cid}/scale", cluster_api.ScaleHandler, kw),
             (api + f"clusters/{cid}/adapt", cluster_api.AdaptHandler, kw),
             (api + f"clusters/{cid}/logs", cluster_api.LogsHandler, kw),
+            (api + f"clusters/{cid}/worker-credential", cluster_api.WorkerCredentialHandler, kw),
             (api + "tokens", misc.TokensHandler, kw),
             (api + "health", misc.HealthHandler, kw),
             (api + "metrics", misc.MetricsHandler, kw),

@@ -9,6 +9,8 @@ for rotation, the first one encrypts).
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 
@@ -85,6 +87,7 @@ class SecretBox:
         if not keys:
             raise ValueError(f"no encryption key: set {CRYPT_KEY_ENV} or CmsafService.crypt_keys")
         self._fernet = MultiFernet([Fernet(k) for k in keys])
+        self._primary = keys[0]
 
     def __repr__(self) -> str:
         return "SecretBox(<keys hidden>)"
@@ -95,6 +98,11 @@ class SecretBox:
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())
+
+    def derive(self, purpose: str) -> str:
+        """A stable secret for ``purpose`` (e.g. one cluster's worker credential) derived from the
+        primary key: nothing to store, the same after a restart, unrelated between purposes."""
+        return hmac.new(self._primary, purpose.encode(), hashlib.sha256).hexdigest()
 
     def decrypt(self, token: bytes) -> str:
         try:

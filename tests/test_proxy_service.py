@@ -7,11 +7,16 @@ access.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
+import subprocess
+import sys
 
 import httpx
 import pytest
-from distributed import Client
+from distributed import Client, wait
 
 from cmsaf_hub.comm import hub_security
 from tests.service_helpers import start_service_hub
@@ -52,3 +57,49 @@ async def test_cluster_links_work_through_the_hub_for_owner_only(hub_factory, tm
         async with httpx.AsyncClient(timeout=60) as http:
             gone = await http.get(dashboard, headers={"Authorization": f"token {alice}"})
             assert gone.status_code == 404
+
+
+async def test_an_outbound_only_worker_joins_the_real_service_cluster_with_the_owners_credential(
+        hub_factory, tmp_path):
+    sh = await start_service_hub(hub_factory, tmp_path)
+    alice = await sh.hub.create_user("alice")
+    bob = await sh.hub.create_user("bob")
+    root = await sh.hub.create_user("root", admin=True)
+    async with sh.client(alice) as api:
+        cid = (await api.post("clusters", json={"options": {"workers": 0}})).json()["id"]
+        model = await sh.wait_status(api, cid, "running")
+        r = await api.get(f"clusters/{cid}/worker-credential")
+        assert r.status_code == 200
+        join = r.json()
+    # nobody else learns it, not even an admin, and a foreign cluster looks like an unknown one
+    for token in (bob, root):
+        async with sh.client(token) as other:
+            assert (await other.get(f"clusters/{cid}/worker-credential")).status_code == 404
+    assert join["scheduler_address"] == model["scheduler_address"]
+    assert join["credential"] not in " ".join(join["command"])
+
+    cmd = [sys.executable, *join["command"][1:], "--nthreads", "1", "--no-dashboard", "--name", "outbound-1"]
+    log = tmp_path / "outbound-worker.log"
+    worker = subprocess.Popen(cmd, env={**os.environ, join["environment_variable"]: join["credential"]},
+                              stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    try:
+        async with Client(model["scheduler_address"], security=hub_security(alice), asynchronous=True,
+                          timeout=30) as client:
+            await client.wait_for_workers(1, timeout=90)
+            names = [w["name"] for w in client.scheduler_info()["workers"].values()]
+            assert names == ["outbound-1"]
+            # The task reaches the worker and its completion comes back over the worker's own
+            # connection through the hub. (Fetching results needs a connection *to* the worker:
+            # the cluster's TLS-only scheduler cannot make it to a worker without the cluster's
+            # certificate; see docs/proxy.md.)
+            future = client.submit(pow, 3, 4, workers=["outbound-1"])
+            await asyncio.wait_for(wait(future), 60)
+            assert future.status == "finished"
+        assert join["credential"] not in log.read_text()
+        # the credential opens this cluster only, and is no hub token
+        with pytest.raises(OSError):
+            await Client(model["scheduler_address"], security=hub_security(join["credential"][::-1]),
+                         asynchronous=True, timeout=3)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)

@@ -11,6 +11,7 @@ import secrets
 import time
 from typing import Any
 
+from ..comm import CREDENTIAL_ENV, hub_worker_command
 from ..backends.base import BackendError
 from ..crypto import CryptError, generate_cluster_tls
 from ..models import ClusterRecord, ClusterStatus, ClusterTarget
@@ -170,3 +171,25 @@ class LogsHandler(ClusterHandlerBase):
         except (BackendError, CryptError) as e:
             raise APIError(502, f"cannot fetch the logs: {e}")
         self.write_json(logs)
+
+
+class WorkerCredentialHandler(ClusterHandlerBase):
+    """How to start a worker anywhere that joins this cluster through the hub's public URL.
+
+    For the owner only (not even admins: a cluster's credential never reaches another user). The
+    credential goes in the worker's environment, never on its command line.
+    """
+
+    async def get(self, cluster_id: str) -> None:
+        record = self.cluster_or_404(cluster_id)
+        if record.owner != self.user_name:
+            raise APIError(404, f"no cluster {cluster_id!r}")
+        model = self.service.cluster_model(record)
+        if not model["scheduler_address"]:
+            raise APIError(409, f"cluster {record.id} is {record.status.value}: it has no scheduler to join")
+        self.write_json({
+            "scheduler_address": model["scheduler_address"],
+            "credential": self.service.worker_credential(record.id),
+            "environment_variable": CREDENTIAL_ENV,
+            "command": hub_worker_command(model["scheduler_address"], python="python"),
+        })

@@ -136,6 +136,18 @@ def openapi_document(options_schema: dict[str, Any], service_prefix: str) -> dic
                     **_errors(403, 404, 502)},
             },
         },
+        "/clusters/{cluster_id}/worker-credential": {
+            "parameters": [CLUSTER_ID],
+            "get": {
+                "summary": "The owner's credential and command for a worker that joins through the hub",
+                "responses": {"200": {"description": "Worker credential", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["scheduler_address", "credential", "command"],
+                    "properties": {"scheduler_address": {"type": "string"}, "credential": {"type": "string"},
+                                   "environment_variable": {"type": "string"},
+                                   "command": {"type": "array", "items": {"type": "string"}}}}}}},
+                    **_errors(403, 404, 409)},
+            },
+        },
         "/tokens": {"get": {
             "summary": "Your exchanged tokens (the hub refreshes them first when due)",
             "responses": {"200": {"description": "Tokens", "content": {"application/json": {"schema": {
