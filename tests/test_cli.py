@@ -11,16 +11,8 @@ import pytest
 
 from cmsaf_hub.cli import build_parser, format_logs, main, requested_options
 from cmsaf_hub.client.errors import OptionsError
-from tests.test_client_http import API, OPTIONS_SCHEMA, TOKEN, JSONServer, cluster_json
-
-
-@pytest.fixture
-def server():
-    s = JSONServer()
-    s.start()
-    s.routes[("GET", API + "options")] = (200, OPTIONS_SCHEMA)
-    yield s
-    s.stop()
+from tests.test_client_http import API, TOKEN, cluster_json
+from tests.client_fixtures import server  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

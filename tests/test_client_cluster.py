@@ -14,23 +14,8 @@ from distributed import Scheduler, Worker
 from distributed.core import Status
 
 from cmsaf_hub.client import Hub, HubCluster, HubError, OptionsError
-from tests.test_client_http import API, OPTIONS_SCHEMA, TOKEN, JSONServer, cluster_json
-
-
-@pytest.fixture
-def server():
-    s = JSONServer()
-    s.start()
-    s.routes[("GET", API + "options")] = (200, OPTIONS_SCHEMA)
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-async def scheduler():
-    async with Scheduler(protocol="ws", host="127.0.0.1", port=0, dashboard_address=":0") as s:
-        async with Worker(s.address, nthreads=1):
-            yield s
+from tests.test_client_http import API, TOKEN, cluster_json
+from tests.client_fixtures import scheduler, server  # noqa: F401 (fixtures)
 
 
 def running(cid: str, scheduler, **extra) -> dict:
