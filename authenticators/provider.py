@@ -144,11 +144,11 @@ class DiscoveredOAuthenticator(GenericOAuthenticator):
         self._endpoints = endpoints
         self.log.info("IAM endpoints discovered from %s", url)
 
-    async def _get_json(self, url: str, label: str) -> Any:
+    async def _fetch(self, url: str, label: str, **kwargs: Any):
+        """One request through oauthenticator's ``httpfetch``; network errors and 5xx are retryable."""
         try:
             resp = await self.httpfetch(
-                url, label, parse_json=False, raise_error=False, method="GET",
-                validate_cert=self.validate_server_cert,
+                url, label, parse_json=False, raise_error=False, validate_cert=self.validate_server_cert, **kwargs
             )
         except HTTPClientError as e:
             raise RetryableError(f"http {e.code}") from None
@@ -156,6 +156,10 @@ class DiscoveredOAuthenticator(GenericOAuthenticator):
             raise RetryableError(type(e).__name__) from None
         if resp.code >= 500:
             raise RetryableError(f"http {resp.code}")
+        return resp
+
+    async def _get_json(self, url: str, label: str) -> Any:
+        resp = await self._fetch(url, label, method="GET")
         if resp.code != 200:
             raise IAMRefused(f"http {resp.code}")
         return json.loads(resp.body or b"null")
@@ -178,18 +182,10 @@ class DiscoveredOAuthenticator(GenericOAuthenticator):
         except DiscoveryFailed:
             raise RetryableError("discovery failed") from None
         metrics.IDP_CALLS.labels(grant).inc()
-        try:
-            resp = await self.httpfetch(
-                self.token_url, f"requesting {grant}", parse_json=False, raise_error=False,
-                method="POST", headers=self.build_token_info_request_headers(),
-                body=urlencode(params).encode(), validate_cert=self.validate_server_cert,
-            )
-        except HTTPClientError as e:
-            raise RetryableError(f"http {e.code}") from None
-        except OSError as e:
-            raise RetryableError(type(e).__name__) from None
-        if resp.code >= 500:
-            raise RetryableError(f"http {resp.code}")
+        resp = await self._fetch(
+            self.token_url, f"requesting {grant}", method="POST",
+            headers=self.build_token_info_request_headers(), body=urlencode(params).encode(),
+        )
         try:
             body = json.loads(resp.body or b"{}")
         except ValueError:
