@@ -132,3 +132,13 @@ async def test_scheduler_that_cannot_start_is_a_clear_error(backend):
         await bad.start_scheduler(ClusterSpec(id="c4", owner="eve", options={}))
     with pytest.raises(BackendError, match="invalid cluster id"):
         await bad.logs(ClusterSpec(id="../etc", owner="eve", options={}))
+
+
+def test_scheduler_listener_host_is_configurable_and_dashboard_stays_on_loopback():
+    from cmsaf_hub.backends.local import scheduler_command
+
+    cmd = scheduler_command("/py", "/services/cmsaf/clusters/c1/dashboard", host="0.0.0.0")
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--dashboard-address") + 1] == "127.0.0.1:0"
+    assert cmd[cmd.index("--dashboard-prefix") + 1] == "/services/cmsaf/clusters/c1/dashboard"
+    assert scheduler_command("/py")[scheduler_command("/py").index("--host") + 1] == "127.0.0.1"

@@ -46,12 +46,12 @@ SCHEDULER = "scheduler"
 REGISTERED_MARK = "Registered to:"
 
 
-def scheduler_command(python: str, dashboard_prefix: str = "") -> list[str]:
+def scheduler_command(python: str, dashboard_prefix: str = "", host: str = "127.0.0.1") -> list[str]:
     """The scheduler's command line, run in the cluster's directory."""
     prefix = ["--dashboard-prefix", dashboard_prefix] if dashboard_prefix else []
     return [
         python, "-m", "distributed.cli.dask_scheduler", *prefix,
-        "--host", "127.0.0.1",
+        "--host", host,
         "--protocol", "tls,wss",
         "--port", "0,0",
         "--dashboard-address", "127.0.0.1:0",
@@ -125,6 +125,15 @@ class LocalBackend(Backend):
 
     stop_grace = Float(
         5, help="Seconds between SIGTERM and SIGKILL when stopping a process."
+    ).tag(config=True)
+
+    scheduler_host = Unicode(
+        "127.0.0.1",
+        help="""Interface the scheduler's TLS listener binds. Loopback suits local workers; when
+        HTCondor workers on other machines join a scheduler that runs beside the service
+        (``HTCondorBackend.scheduler_placement = "service"``), set an address the execute nodes
+        reach, e.g. ``"0.0.0.0"`` (the listener still requires the cluster's certificate). The
+        dashboard stays on loopback, reached through the service's forwarder.""",
     ).tag(config=True)
 
     bearer_token_name = Unicode(
@@ -239,7 +248,8 @@ class LocalBackend(Backend):
             raise BackendError("the cluster has no TLS credentials")
         d = await self._in_thread(self._prepare_dir, cluster)
         proc_state = await self._in_thread(
-            self._spawn, d, SCHEDULER, scheduler_command(self.python, cluster.dashboard_prefix), self._env(cluster)
+            self._spawn, d, SCHEDULER, scheduler_command(self.python, cluster.dashboard_prefix, self.scheduler_host),
+            self._env(cluster),
         )
         deadline = time.monotonic() + self.scheduler_start_timeout
         address_file = d / ADDRESS_FILE
