@@ -85,6 +85,8 @@ class HubClusterManager(DaskClusterManager):
         self._hub: Hub | None = None
         self._reports: dict[str, ClusterReport] = {}
         self._refreshed_at = float("-inf")
+        #: bumped by every refresh and every change, so that an older listing never overwrites a newer state
+        self._generation = 0
         self._refreshing: asyncio.Task | None = None
         super().__init__()
 
@@ -101,7 +103,11 @@ class HubClusterManager(DaskClusterManager):
     async def refresh(self) -> None:
         """Replace the cache with the service's list of your live clusters."""
         loop = asyncio.get_running_loop()
+        self._generation += 1
+        generation = self._generation
         reports = await self.get_hub().list_clusters()
+        if generation != self._generation:
+            return  # a later refresh or change (e.g. a stop) happened while this one was in flight
         self._reports = {lab_id_for(r.id): r for r in reports if not r.is_ending}
         self._refreshed_at = loop.time()
 
@@ -143,6 +149,7 @@ class HubClusterManager(DaskClusterManager):
         finally:
             await cluster.close()  # disconnects only; the service keeps the cluster
         lab_id = cluster_id or lab_id_for(report.id)
+        self._generation += 1
         self._reports[lab_id] = report
         return make_hub_cluster_model(lab_id, report)
 
@@ -154,6 +161,7 @@ class HubClusterManager(DaskClusterManager):
             await self.get_hub().stop_cluster(service_id)
         except ClusterNotFoundError:
             pass  # already gone: the sidebar only needs it off the list
+        self._generation += 1
         return make_hub_cluster_model(cluster_id, self._reports.pop(cluster_id))
 
     def get_cluster(self, cluster_id: str) -> dict | None:
@@ -170,6 +178,7 @@ class HubClusterManager(DaskClusterManager):
         if service_id is None:
             return None
         report = await self.get_hub().scale_cluster(service_id, n)
+        self._generation += 1
         self._reports[cluster_id] = report
         return make_hub_cluster_model(cluster_id, report)
 
