@@ -109,6 +109,10 @@ def test_scheduler_description_publishes_its_address_through_chirp():
             "--idle-timeout 600s --preload $_CONDOR_SCRATCH_DIR/cmsaf_scheduler_preload.py") in desc["arguments"]
     assert desc["transfer_input_files"] == "condor.token,cmsaf_scheduler_preload.py"
     htcondor2.Submit(desc)
+    prefixed = scheduler_description(JobShape(), cluster_id="c0ffee", owner="bob", token_names=["condor"],
+                                     bearer="condor", tls=False, idle_timeout=600,
+                                     dashboard_prefix="/services/cmsaf/clusters/c0ffee/dashboard")
+    assert "dask_scheduler --dashboard-prefix /services/cmsaf/clusters/c0ffee/dashboard --protocol" in prefixed["arguments"]
 
 
 async def test_the_scheduler_jobs_published_addresses_reach_a_real_scheduler():

@@ -190,10 +190,14 @@ def worker_command(shape: JobShape, scheduler_address: str, *, tls: bool) -> lis
     return cmd + _tls_args(tls)
 
 
-def scheduler_command(shape: JobShape, *, tls: bool, idle_timeout: int) -> list[str]:
-    """A scheduler job: ``dask scheduler`` whose preload publishes its addresses through Chirp."""
+def scheduler_command(shape: JobShape, *, tls: bool, idle_timeout: int, dashboard_prefix: str = "") -> list[str]:
+    """A scheduler job: ``dask scheduler`` whose preload publishes its addresses through Chirp.
+
+    ``dashboard_prefix`` is the path the service's forwarder serves the dashboard under, so that the
+    dashboard's own links work through the hub."""
+    prefix = ["--dashboard-prefix", dashboard_prefix] if dashboard_prefix else []
     cmd = [
-        shape.python, "-m", "distributed.cli.dask_scheduler",
+        shape.python, "-m", "distributed.cli.dask_scheduler", *prefix,
         "--protocol", "tls,wss" if tls else "tcp,ws",
         "--port", "0,0",
         "--dashboard-address", ":0",
@@ -302,6 +306,7 @@ def scheduler_description(
     tls: bool,
     idle_timeout: int,
     env: Mapping[str, str] | None = None,
+    dashboard_prefix: str = "",
 ) -> dict[str, str]:
     """The submit description of a scheduler that runs as a job (placement ``htcondor``)."""
     files = [token_file_name(n) for n in token_names] + ([TLS_CERT_FILE, TLS_KEY_FILE] if tls else [])
@@ -311,7 +316,7 @@ def scheduler_description(
         cluster_id=cluster_id,
         owner=owner,
         role=ROLE_SCHEDULER,
-        command=scheduler_command(shape, tls=tls, idle_timeout=idle_timeout),
+        command=scheduler_command(shape, tls=tls, idle_timeout=idle_timeout, dashboard_prefix=dashboard_prefix),
         token_names=token_names,
         bearer=bearer,
         env=env or {},

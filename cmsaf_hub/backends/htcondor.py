@@ -214,7 +214,7 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             JobShape(**{**shape.__dict__, "cores": 1}),
             cluster_id=cluster.id, owner=cluster.owner, token_names=sorted(cluster.tokens),
             bearer=bearer_token_name(cluster.tokens, self.bearer_token_names), tls=bool(cluster.tls),
-            idle_timeout=self.scheduler_idle_timeout, env=cluster.env,
+            idle_timeout=self.scheduler_idle_timeout, env=cluster.env, dashboard_prefix=cluster.dashboard_prefix,
         )
         [job] = await self._submit(cluster, desc, 1, schedd, {SCHEDULER_PRELOAD_FILE: PRELOAD_SOURCE})
         self.log.info("Cluster %s: scheduler job %s submitted as %s", cluster.id, job, cluster.owner)
