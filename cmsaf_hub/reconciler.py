@@ -142,11 +142,15 @@ class Reconciler(LoggingConfigurable):
     # -- state changes (all go through these) --------------------------------------------------
 
     async def request_stop(self, record: ClusterRecord, reason: str | None, *, failed: bool = False) -> None:
-        """Set the cluster's target to stopped (or failed) with a reason; the loop does the rest."""
+        """Set the cluster's target to stopped (or failed) with a reason; the loop does the rest.
+
+        The status says ``stopping`` at once, so that nobody is handed a dashboard or a scheduler
+        address of a cluster on its way out (the answer to DELETE, listings, the forwarder)."""
         if not record.status.active or record.target is not ClusterTarget.RUNNING:
             return
         record.target = ClusterTarget.FAILED if failed else ClusterTarget.STOPPED
         record.reason = reason
+        record.status = ClusterStatus.STOPPING
         await self.store.save(record)
         self.log.info("Cluster %s of %s: stopping (%s)", record.id, record.owner, reason or "requested")
         self.enqueue(record.id)
