@@ -89,6 +89,9 @@ async def test_lifecycle_isolation_and_admin(service_hub_factory, tmp_path):
 
         r = await alice.delete(f"clusters/{cid}")
         assert r.status_code == 200
+        # on its way out at once: no links are handed out any more
+        assert r.json()["status"] == "stopping" and r.json()["dashboard_link"] is None
+        assert r.json()["scheduler_address"] is None
         model = await sh.wait_status(alice, cid, "stopped")
         assert model["reason"] == "stopped by its owner" and model["stopped"]
         assert model["workers"]["running"] == 0 and model["dashboard_link"] is None
