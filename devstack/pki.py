@@ -35,6 +35,30 @@ def trust(ca_cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_cert))
 
 
+SYSTEM_CA_DIR = Path("/usr/local/share/ca-certificates")
+
+
+def trust_system_wide(ca_cert: Path, name: str) -> Path:
+    """Install a CA in the system trust store (needs root); undo with :func:`untrust_system_wide`.
+
+    Only for servers that offer no CA setting of their own: scitokens-cpp inside HTCondor and XRootD
+    fetches issuer keys with the system store."""
+    import subprocess
+
+    target = SYSTEM_CA_DIR / f"{name}.crt"
+    SYSTEM_CA_DIR.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(Path(ca_cert).read_bytes())
+    subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
+    return target
+
+
+def untrust_system_wide(installed: Path) -> None:
+    import subprocess
+
+    installed.unlink(missing_ok=True)
+    subprocess.run(["update-ca-certificates", "--fresh"], check=True, capture_output=True)
+
+
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.hub import free_port
+from devstack.pki import trust_system_wide, untrust_system_wide
 
 WLCG_AUDIENCE = "https://wlcg.cern.ch/jwt/v1/any"
 XROOTD_USER = "xrootd"
-SYSTEM_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 
 class XRootDError(RuntimeError):
@@ -45,17 +45,6 @@ def missing_prerequisites() -> str | None:
     if os.geteuid() != 0:
         return "starting xrootd as its own user and trusting the dev CA system-wide needs root"
     return None
-
-
-def trust_ca_system_wide(ca_cert: Path, name: str = "cmsaf-dev-ca") -> None:
-    """Install the dev CA in the system store: scitokens-cpp fetches issuer keys with it (no CA knob)."""
-    target = SYSTEM_CA_DIR / f"{name}.crt"
-    data = ca_cert.read_bytes()
-    if target.exists() and target.read_bytes() == data:
-        return
-    SYSTEM_CA_DIR.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
-    subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
 
 
 def hashed_ca_dir(ca_cert: Path, directory: Path) -> Path:
@@ -222,6 +211,7 @@ class DataStack:
         self.cache_root = self.work_dir / "cache-data"
         self.origin: XRootDServer | None = None
         self.cache: XRootDServer | None = None
+        self._trusted: Path | None = None
 
     def _security(self, run_dir: Path) -> str:
         tls_dir = run_dir / "tls"
@@ -240,7 +230,7 @@ class DataStack:
         return self.data_root / path.lstrip("/")
 
     async def start(self) -> None:
-        trust_ca_system_wide(self.ca_cert)
+        self._trusted = trust_system_wide(self.ca_cert, f"cmsaf-dev-ca-{self.work_dir.name}")
         origin_dir, cache_dir = self.work_dir / "origin", self.work_dir / "cache"
         for d in (origin_dir, cache_dir, self.data_root / self.export.lstrip("/"), self.cache_root):
             d.mkdir(parents=True, exist_ok=True)
@@ -283,4 +273,7 @@ class DataStack:
         for server in (self.cache, self.origin):
             if server:
                 await server.stop()
+        if self._trusted is not None:
+            untrust_system_wide(self._trusted)
+            self._trusted = None
         shutil.rmtree(self.work_dir, ignore_errors=True)

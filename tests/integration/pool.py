@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.iam import DEFAULT_USERS_FILE, DevIAM
-from devstack.pki import ensure_dev_pki
+from devstack.pki import ensure_dev_pki, trust_system_wide, untrust_system_wide
 from tests.integration.iam_tokens import client_registration, condor_token
 
 #: Hub users the tests submit as; ``cmsafsvc`` is the service's read-only (and orphan-removing) identity.
 POOL_USERS = ["alice", "bob", "cmsafsvc"]
-SYSTEM_CA_DIR = Path("/usr/local/share/ca-certificates")
 POOL_START_TIMEOUT = 120
 #: With an "@" the name is taken as is (otherwise HTCondor appends "@<host name>").
 SCHEDD_NAME = "cmsaf-test-schedd@cmsaf.test"
@@ -155,14 +154,6 @@ def open_path_to(target: Path) -> list[tuple[Path, int]]:
     return changed
 
 
-def trust_ca(ca_cert: Path) -> Path:
-    target = SYSTEM_CA_DIR / "cmsaf-integration-dev-ca.crt"
-    SYSTEM_CA_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ca_cert, target)
-    subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
-    return target
-
-
 @dataclass
 class Pool:
     """A running personal pool and how clients reach it."""
@@ -215,7 +206,7 @@ def personal_pool(token_lifetime: int = 30) -> Iterator[Pool]:
     iam.start_blocking()
     created, ca_link, master, opened = [], None, None, []
     try:
-        ca_link = trust_ca(iam.ca_cert)
+        ca_link = trust_system_wide(iam.ca_cert, "cmsaf-integration-dev-ca")
         opened = open_path_to(Path(sys.executable)) + open_path_to(Path(__file__))  # jobs run our Python
         created = ensure_local_users(POOL_USERS)
         if ensure_system_user("condor"):  # root daemons do their own bookkeeping as "condor"
@@ -260,8 +251,7 @@ def personal_pool(token_lifetime: int = 30) -> Iterator[Pool]:
                 master.wait()
         iam.stop_blocking()
         if ca_link is not None:
-            ca_link.unlink(missing_ok=True)
-            subprocess.run(["update-ca-certificates", "--fresh"], capture_output=True)
+            untrust_system_wide(ca_link)
         for user in created:
             subprocess.run(["userdel", user], capture_output=True)
         for directory, mode in reversed(opened):
