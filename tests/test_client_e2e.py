@@ -163,7 +163,6 @@ async def test_cli_round_trip_and_the_sidebar_manager(hub_factory, tmp_path):
 
     code, out, _ = await cli("--json", "delete", cid)
     assert code == 0 and json.loads(out) == {"deleted": [cid]}
-    async with sh.client(token) as api:  # the stop is asynchronous: the reconciler carries it out
-        await sh.wait_status(api, cid, "stopped")
+    # a stopping cluster hands out no dashboard any more, even before the reconciler finished it
     code, _, err = await cli("dashboard", cid)
     assert code == 1 and "no dashboard" in err
