@@ -97,7 +97,7 @@ c.Spawner.default_url = "/lab"
 
 # --- the Dask cluster service (hub-managed service "cmsaf") ----------------------------------------
 if setting("CLUSTER_SERVICE", "on") != "off":
-    from cmsaf_hub.hubconfig import cluster_service
+    from cmsaf_hub.service.hubconfig import cluster_service
 
     cluster_service(
         c,

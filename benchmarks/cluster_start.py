@@ -45,7 +45,7 @@ DASK = str(Path(sys.executable).with_name("dask"))
 @contextlib.asynccontextmanager
 async def running_service_hub(state: Path, *, backend: str = "local", config: str = ""):
     """A dev IAM, a hub and the cluster service, like tests/conftest.py's hub_factory builds them."""
-    from cmsaf_hub.crypto import new_crypt_key
+    from cmsaf_hub.service.crypto import new_crypt_key
     from tests.conftest import HUB_CLIENT_ID, HUB_GRANT_TYPES
 
     ensure_dev_pki(state)

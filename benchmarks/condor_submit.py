@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmsaf_hub.backends.base import ClusterSpec  # noqa: E402
-from cmsaf_hub.backends.htcondor import HTCondorBackend  # noqa: E402
-from cmsaf_hub.crypto import generate_cluster_tls  # noqa: E402
+from cmsaf_hub.service.backends.base import ClusterSpec  # noqa: E402
+from cmsaf_hub.service.backends.htcondor import HTCondorBackend  # noqa: E402
+from cmsaf_hub.service.crypto import generate_cluster_tls  # noqa: E402
 from tests.integration.pool import personal_pool, skip_reason  # noqa: E402
 
 UNREACHABLE_SCHEDULER = "tls://127.0.0.1:9"  # workers are never meant to start: only queueing is timed

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distributed import Client  # noqa: E402
 from distributed.security import Security  # noqa: E402
 
-from cmsaf_hub.backends.base import ClusterSpec  # noqa: E402
-from cmsaf_hub.backends.local import LocalBackend  # noqa: E402
-from cmsaf_hub.crypto import generate_cluster_tls  # noqa: E402
+from cmsaf_hub.service.backends.base import ClusterSpec  # noqa: E402
+from cmsaf_hub.service.backends.local import LocalBackend  # noqa: E402
+from cmsaf_hub.service.crypto import generate_cluster_tls  # noqa: E402
 from cmsaf_hub.data import read_bytes  # noqa: E402
 from devstack.xrootd import missing_prerequisites  # noqa: E402
 from tests.harness.datasite import start_data_site  # noqa: E402

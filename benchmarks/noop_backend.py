@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from cmsaf_hub.backends.base import (
+from cmsaf_hub.service.backends.base import (
     Backend,
     ClusterObservation,
     ClusterSpec,

@@ -40,7 +40,7 @@ def run_scheduler() -> None:
     """Child process: a scheduler with tcp and ws listeners; prints its addresses as one JSON line."""
     from distributed import Scheduler
 
-    from cmsaf_hub.forwarder import dashboard_prefix
+    from cmsaf_hub.service.forwarder import dashboard_prefix
 
     async def main() -> None:
         scheduler = Scheduler(
@@ -61,7 +61,7 @@ def run_service() -> None:
     from jupyterhub.services.auth import HubOAuth
     from tornado import web
 
-    from cmsaf_hub.forwarder import ClusterState, Target, forwarder_handlers
+    from cmsaf_hub.service.forwarder import ClusterState, Target, forwarder_handlers
 
     cfg = json.loads(os.environ.pop("BENCH_SERVICE"))
     target = Target(CLUSTER_ID, cfg["owner"], ClusterState.RUNNING, cfg["ws"], cfg["dashboard"])

@@ -1,5 +1,5 @@
 """``python -m cmsaf_hub``: run the cluster service (what the hub's service command runs)."""
 
-from .app import main
+from .service.app import main
 
 main()

@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cmsaf_hub.crypto import new_crypt_key
+from cmsaf_hub.service.crypto import new_crypt_key
 from devstack.hub import REPO_ROOT, HubError, HubProcess, IAMClientSettings, port_is_free
 from devstack.datademo import SAMPLES, XCACHE_CLIENT, DemoData, keep_cache_token_fresh, start_demo_data
 from devstack.iam import HUB_GRANT_TYPES, DevIAM, DevIAMError

@@ -127,9 +127,9 @@ class TokenDeliveryMixin(Configurable):
 
     server_extensions = List(
         Unicode(),
-        ["cmsaf_hub.labextension"],
+        ["cmsaf_hub.client.labextension"],
         help="""Jupyter server extensions enabled in every session (``--ServerApp.jpserver_extensions``).
-        ``cmsaf_hub.labextension`` makes the Dask sidebar list and open every cluster of the user's,
+        ``cmsaf_hub.client.labextension`` makes the Dask sidebar list and open every cluster of the user's,
         wherever it was created.""",
     ).tag(config=True)
 

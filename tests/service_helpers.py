@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 
-from cmsaf_hub.crypto import new_crypt_key
+from cmsaf_hub.service.crypto import new_crypt_key
 from devstack.hub import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,13 +77,13 @@ class ServiceHub:
 
 def service_config_text(service_dir: Path, *, port: int, crypt_key: str, backend: str = "local",
                         config: str = "", extra_env: dict | None = None) -> str:
-    """Hub config lines registering the service (through cmsaf_hub.hubconfig, like production)."""
+    """Hub config lines registering the service (through cmsaf_hub.service.hubconfig, like production)."""
     service_dir.mkdir(parents=True, exist_ok=True)
     config_file = service_dir / "service_config.py"
     config_file.write_text(FAST_CONFIG + config)
     env = {"PYTHONPATH": str(REPO), **(extra_env or {})}
     return f"""
-from cmsaf_hub.hubconfig import cluster_service
+from cmsaf_hub.service.hubconfig import cluster_service
 cluster_service(
     c,
     url="http://127.0.0.1:{port}",
@@ -99,7 +99,7 @@ cluster_service(
 
 
 #: The repository's config registers the service itself; these tests register it their own way
-#: (their own directory, config file and backend), through the same cmsaf_hub.hubconfig call.
+#: (their own directory, config file and backend), through the same cmsaf_hub.service.hubconfig call.
 HUB_ENV = {"CMSAF_CLUSTER_SERVICE": "off"}
 
 #: Hub admins of the service tests (the harness's admin service may not make users admins itself).

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from cmsaf_hub.crypto import new_crypt_key
+from cmsaf_hub.service.crypto import new_crypt_key
 from tests.harness.hub import launch_hub, shutdown_hub
 from tests.service_helpers import HUB_ENV, REPO, ServiceHub, free_port, service_config_text
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cmsaf_hub.cli import build_parser, format_logs, main, requested_options
+from cmsaf_hub.client.cli import build_parser, format_logs, main, requested_options
 from cmsaf_hub.client.errors import OptionsError
 from tests.test_client_http import API, TOKEN, cluster_json
 from tests.client_fixtures import server  # noqa: F401 (fixtures)
@@ -160,7 +160,7 @@ def test_unreachable_hub_exit_5_from_a_real_process(tmp_path):
         port = s.getsockname()[1]
     (tmp_path / "token").write_text(TOKEN)
     proc = subprocess.run(
-        [sys.executable, "-m", "cmsaf_hub.cli", "--hub-url", f"http://127.0.0.1:{port}/",
+        [sys.executable, "-m", "cmsaf_hub.client.cli", "--hub-url", f"http://127.0.0.1:{port}/",
          "--token-file", str(tmp_path / "token"), "list"],
         capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},

@@ -11,7 +11,7 @@ import pytest
 
 from cmsaf_hub.client import Hub, HubCluster, OptionsError
 from cmsaf_hub.client.config import resolve_config
-from cmsaf_hub.labextension import HubClusterManager, lab_id_for
+from cmsaf_hub.client.labextension import HubClusterManager, lab_id_for
 from tests.service_helpers import start_service_hub
 from tests.test_labextension import JupyterServer
 
@@ -96,7 +96,7 @@ async def test_cli_round_trip_and_the_sidebar_manager(hub_factory, tmp_path):
     env = clean_env(CMSAF_HUB_URL=sh.hub.url)
 
     async def cli(*args: str) -> tuple[int, str, str]:
-        return await run(sys.executable, "-m", "cmsaf_hub.cli", "--token-file", str(token_file), *args, env=env)
+        return await run(sys.executable, "-m", "cmsaf_hub.client.cli", "--token-file", str(token_file), *args, env=env)
 
     code, out, err = await cli("--json", "create", "--workers", "1", "--memory", "1", "--wait")
     assert code == 0, err
@@ -140,10 +140,10 @@ async def test_cli_round_trip_and_the_sidebar_manager(hub_factory, tmp_path):
     )
     assert await cli("scale", "0" * 32, "1") == (6, "", f"cmsaf-dask: no cluster '{'0' * 32}'\n")
     code, _, err = await run(
-        sys.executable, "-m", "cmsaf_hub.cli", "list", env={**env, "CMSAF_TOKEN": "not-a-token"}
+        sys.executable, "-m", "cmsaf_hub.client.cli", "list", env={**env, "CMSAF_TOKEN": "not-a-token"}
     )
     assert code == 4 and err.count("\n") == 1 and "not-a-token" not in err, err
-    code, _, err = await run(sys.executable, "-m", "cmsaf_hub.cli", "list", env=clean_env())
+    code, _, err = await run(sys.executable, "-m", "cmsaf_hub.client.cli", "list", env=clean_env())
     assert code == 3 and err.startswith("cmsaf-dask: no cluster service configured")
 
     # the Dask sidebar's manager: sees the CLI's cluster, creates one with the defaults, stops it

@@ -7,7 +7,7 @@ import time
 
 import jwt
 
-from cmsaf_hub.cluster_tokens import ClusterTokenKeeper, earliest_expiry
+from cmsaf_hub.service.cluster_tokens import ClusterTokenKeeper, earliest_expiry
 
 
 def token(exp: float) -> str:

@@ -19,12 +19,12 @@ import pytest
 import pytest_asyncio
 from distributed import Client
 
-from cmsaf_hub.backends.base import ClusterSpec
-from cmsaf_hub.backends.local import LocalBackend
-from cmsaf_hub.cluster_tokens import ClusterTokenKeeper
-from cmsaf_hub.crypto import generate_cluster_tls
+from cmsaf_hub.service.backends.base import ClusterSpec
+from cmsaf_hub.service.backends.local import LocalBackend
+from cmsaf_hub.service.cluster_tokens import ClusterTokenKeeper
+from cmsaf_hub.service.crypto import generate_cluster_tls
 from cmsaf_hub.data import StorageTokenError, read_bytes
-from cmsaf_hub.probe import client_security
+from cmsaf_hub.service.probe import client_security
 from devstack.xrootd import missing_prerequisites
 from tests.harness.datasite import start_data_site
 from tests.harness.tokens import issuer_signed, user_token

@@ -321,8 +321,8 @@ def configurable_classes() -> dict[str, type]:
     from jupyterhub.auth import Authenticator
 
     from authenticators import IAMAuthenticator
-    from cmsaf_hub.app import CmsafService
-    from cmsaf_hub.backends.htcondor import HTCondorBackend
+    from cmsaf_hub.service.app import CmsafService
+    from cmsaf_hub.service.backends.htcondor import HTCondorBackend
     from spawners import IAMKubeSpawner
 
     return {cls.__name__: cls for cls in (JupyterHub, Authenticator, IAMAuthenticator, IAMKubeSpawner,
@@ -399,15 +399,15 @@ def test_service_config_file_sets_existing_traits(tmp_path, monkeypatch):
 
 
 def test_site_service_settings_reach_the_service(tmp_path, monkeypatch):
-    from cmsaf_hub.backends.htcondor import HTCondorBackend
+    from cmsaf_hub.service.backends.htcondor import HTCondorBackend
 
     config = service_config(tmp_path, monkeypatch, "values+site-example")
     assert HTCondorBackend(config=config).default_image.startswith("docker://registry.cms-af.example.eu/")
 
 
 def test_service_config_builds_a_working_service_and_backend(tmp_path, monkeypatch):
-    from cmsaf_hub.app import CmsafService
-    from cmsaf_hub.backends.htcondor import HTCondorBackend
+    from cmsaf_hub.service.app import CmsafService
+    from cmsaf_hub.service.backends.htcondor import HTCondorBackend
 
     config = service_config(tmp_path, monkeypatch)
     environment = VALUE_SETS["values"]["hub"]["services"]["cmsaf"]["environment"]
@@ -430,7 +430,7 @@ def test_service_is_registered_where_the_proxy_and_command_find_it():
     assert any(port in [p["port"] for p in rule["ports"]] for rule in hub["networkPolicy"]["ingress"])
     assert any(port in [p["port"] for p in rule["ports"]]
                for rule in VALUE_SETS["values"]["proxy"]["chp"]["networkPolicy"]["egress"])
-    from cmsaf_hub.app import CmsafService
+    from cmsaf_hub.service.app import CmsafService
 
     assert service["command"][:3] == ["python3", "-m", "cmsaf_hub"]  # cmsaf_hub/__main__.py
     assert (REPO / "cmsaf_hub" / "__main__.py").exists()
@@ -599,8 +599,8 @@ def test_spawner_and_service_point_at_the_pool_services():
 
 def test_admin_guide_knobs_exist():
     """Every ``| `knob` |`` row under a ``#### `Class` `` heading names a real configurable trait."""
-    from cmsaf_hub.app import CmsafService
-    from cmsaf_hub.backends.htcondor import HTCondorBackend
+    from cmsaf_hub.service.app import CmsafService
+    from cmsaf_hub.service.backends.htcondor import HTCondorBackend
     from spawners import IAMKubeSpawner, IAMLocalSpawner
     from spawners.delivery import TokenDeliveryMixin
     from authenticators import IAMAuthenticator
@@ -638,7 +638,7 @@ USER_GUIDE = REPO / "docs" / "user-guide.md"
 
 
 def test_user_guide_cli_commands_exist():
-    from cmsaf_hub.cli import build_parser
+    from cmsaf_hub.client.cli import build_parser
 
     parser = build_parser()
     subcommands = next(a for a in parser._actions if a.dest == "command").choices

@@ -1,7 +1,7 @@
 """The forwarder behind a real JupyterHub and configurable-http-proxy.
 
 A small hub (dummy authenticator, real CHP) routes ``/services/cmsaf/`` to a tornado app that mounts
-only :func:`cmsaf_hub.forwarder.forwarder_handlers` (plus the OAuth callback), with a resolver over a
+only :func:`cmsaf_hub.service.forwarder.forwarder_handlers` (plus the OAuth callback), with a resolver over a
 dict the tests edit. Real distributed schedulers (tcp + ws listeners, prefixed dashboards) and workers
 sit behind it. Every request below goes through CHP, as a user's would.
 """
@@ -31,7 +31,7 @@ from tornado.httpserver import HTTPServer
 from tornado.websocket import websocket_connect
 
 from cmsaf_hub.comm import CREDENTIAL_ENV, hub_security, hub_worker_command
-from cmsaf_hub.forwarder import ClusterState, Target, dashboard_prefix, forwarder_handlers, new_worker_credential
+from cmsaf_hub.service.forwarder import ClusterState, Target, dashboard_prefix, forwarder_handlers, new_worker_credential
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 

@@ -9,7 +9,7 @@ from distributed.security import Security
 from tornado.httputil import HTTPHeaders
 
 from cmsaf_hub import comm
-from cmsaf_hub.forwarder import (
+from cmsaf_hub.service.forwarder import (
     ClusterState,
     Decision,
     Target,
@@ -20,8 +20,8 @@ from cmsaf_hub.forwarder import (
     new_worker_credential,
     owner_or_admin,
 )
-from cmsaf_hub.forwarder.handlers import upstream_ws_url
-from cmsaf_hub.forwarder.splice import Upstream, handshake_request
+from cmsaf_hub.service.forwarder.handlers import upstream_ws_url
+from cmsaf_hub.service.forwarder.splice import Upstream, handshake_request
 
 ALICE = {"name": "alice", "admin": False}
 BOB_ADMIN = {"name": "bob", "admin": True}

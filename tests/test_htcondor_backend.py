@@ -13,9 +13,9 @@ import logging
 import pytest
 from distributed import Scheduler, Worker
 
-from cmsaf_hub.backends.base import BackendError, ClusterSpec, WorkerPhase
-from cmsaf_hub.backends.condor_status import least_loaded_schedd
-from cmsaf_hub.backends.htcondor import HTCondorBackend
+from cmsaf_hub.service.backends.base import BackendError, ClusterSpec, WorkerPhase
+from cmsaf_hub.service.backends.condor_status import least_loaded_schedd
+from cmsaf_hub.service.backends.htcondor import HTCondorBackend
 from tests.test_htcondor_seam import RecordingSeam, recorded_calls, write_script
 
 TOKENS = {
@@ -286,8 +286,8 @@ async def test_restart_lists_clusters_and_removes_orphans_as_their_owner_when_kn
 
 @pytest.mark.slow
 async def test_service_placement_runs_the_local_backends_scheduler_beside_the_service(tmp_path):
-    from cmsaf_hub.backends.local import LocalBackend
-    from cmsaf_hub.crypto import generate_cluster_tls
+    from cmsaf_hub.service.backends.local import LocalBackend
+    from cmsaf_hub.service.crypto import generate_cluster_tls
 
     record = tmp_path / "record"
     record.mkdir()

@@ -14,9 +14,9 @@ from distributed import Client, Scheduler
 from distributed.security import Security
 from dask_jobqueue.htcondor import quote_arguments as jobqueue_quote_arguments
 
-from cmsaf_hub.backends.base import WorkerPhase
-from cmsaf_hub.backends.condor_retire import cluster_security
-from cmsaf_hub.backends.condor_jobs import (
+from cmsaf_hub.service.backends.base import WorkerPhase
+from cmsaf_hub.service.backends.condor_retire import cluster_security
+from cmsaf_hub.service.backends.condor_jobs import (
     SCHEDULER_PRELOAD_FILE,
     JobShape,
     JobShapeError,
@@ -29,11 +29,11 @@ from cmsaf_hub.backends.condor_jobs import (
     scheduler_description,
     worker_description,
 )
-from cmsaf_hub.backends.condor_scheduler_preload import published_attributes
-from cmsaf_hub.backends.condor_status import history_constraint, missing_jobs, observe
-from cmsaf_hub.backends.htcondor import PRELOAD_SOURCE
-from cmsaf_hub.crypto import generate_cluster_tls
-from cmsaf_hub.token_push import push_tokens
+from cmsaf_hub.service.backends.condor_scheduler_preload import published_attributes
+from cmsaf_hub.service.backends.condor_status import history_constraint, missing_jobs, observe
+from cmsaf_hub.service.backends.htcondor import PRELOAD_SOURCE
+from cmsaf_hub.service.crypto import generate_cluster_tls
+from cmsaf_hub.service.token_push import push_tokens
 
 SHAPE = JobShape(cores=2, memory_gib=3.0, disk_gib=1.5, death_timeout=45)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cmsaf_hub.backends.condor_seam import CondorSeam, IdentityProcesses, SeamError, _ad_to_dict, classify_error
+from cmsaf_hub.service.backends.condor_seam import CondorSeam, IdentityProcesses, SeamError, _ad_to_dict, classify_error
 
 
 class RecordingSeam:

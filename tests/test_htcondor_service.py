@@ -14,7 +14,7 @@ import json
 import jwt
 import pytest
 
-from cmsaf_hub.crypto import new_crypt_key
+from cmsaf_hub.service.crypto import new_crypt_key
 from tests.harness.login import login_via_iam
 from tests.service_helpers import ADMIN_USERS, ServiceHub, free_port, service_config_text
 from tests.test_htcondor_seam import recorded_calls

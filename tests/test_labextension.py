@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from cmsaf_hub.labextension import HubClusterManager, install_manager, lab_id_for, make_hub_cluster_model
+from cmsaf_hub.client.labextension import HubClusterManager, install_manager, lab_id_for, make_hub_cluster_model
 from cmsaf_hub.client.report import ClusterReport
 from tests.test_client_http import API, TOKEN, cluster_json
 from tests.client_fixtures import scheduler, server  # noqa: F401 (fixtures)
@@ -142,7 +142,7 @@ def _free_port() -> int:
 
 
 class JupyterServer:
-    """A real ``jupyter server`` with dask-labextension and ``cmsaf_hub.labextension`` enabled."""
+    """A real ``jupyter server`` with dask-labextension and ``cmsaf_hub.client.labextension`` enabled."""
 
     def __init__(self, tmp_path, service_url: str, token: str):
         self.port, self.token = _free_port(), "jupyter-token-123"
@@ -158,7 +158,7 @@ class JupyterServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={self.port}",
              "--ip=127.0.0.1", f"--IdentityProvider.token={self.token}",
-             "--ServerApp.jpserver_extensions={'cmsaf_hub.labextension': True}"],
+             "--ServerApp.jpserver_extensions={'cmsaf_hub.client.labextension': True}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 

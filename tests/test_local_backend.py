@@ -8,9 +8,9 @@ import pytest
 from distributed import Client
 from distributed.security import Security
 
-from cmsaf_hub.backends.base import BackendError, ClusterSpec, WorkerPhase
-from cmsaf_hub.backends.local import LocalBackend
-from cmsaf_hub.crypto import generate_cluster_tls
+from cmsaf_hub.service.backends.base import BackendError, ClusterSpec, WorkerPhase
+from cmsaf_hub.service.backends.local import LocalBackend
+from cmsaf_hub.service.crypto import generate_cluster_tls
 
 
 def client_security(tls: dict) -> Security:
@@ -135,7 +135,7 @@ async def test_scheduler_that_cannot_start_is_a_clear_error(backend):
 
 
 def test_scheduler_listener_host_is_configurable_and_dashboard_stays_on_loopback():
-    from cmsaf_hub.backends.local import scheduler_command
+    from cmsaf_hub.service.backends.local import scheduler_command
 
     cmd = scheduler_command("/py", "/services/cmsaf/clusters/c1/dashboard", host="0.0.0.0")
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"

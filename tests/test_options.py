@@ -1,6 +1,6 @@
 import pytest
 
-from cmsaf_hub.options import (
+from cmsaf_hub.service.options import (
     ClusterOptions,
     OptionField,
     OptionsError,

@@ -1,4 +1,4 @@
-from cmsaf_hub.quotas import Limits, QuotaExceeded, Usage, check_create, clamp_workers
+from cmsaf_hub.service.quotas import Limits, QuotaExceeded, Usage, check_create, clamp_workers
 
 import pytest
 

@@ -6,7 +6,7 @@ import pytest
 from distributed import Client
 
 from cmsaf_hub.comm import hub_security
-from cmsaf_hub.probe import client_security
+from cmsaf_hub.service.probe import client_security
 from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ async def _record(sh, cid):
     """The scheduler address and the cluster's TLS material, read from the service database."""
     import sqlalchemy as sa
 
-    from cmsaf_hub.crypto import SecretBox, parse_crypt_keys
+    from cmsaf_hub.service.crypto import SecretBox, parse_crypt_keys
 
     engine = sa.create_engine(f"sqlite:///{sh.service_dir / 'service.sqlite'}")
     with engine.connect() as conn:

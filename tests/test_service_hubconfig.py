@@ -1,16 +1,16 @@
-"""cmsaf_hub.hubconfig: what the hub config gets (the real-hub tests use it for every service start)."""
+"""cmsaf_hub.service.hubconfig: what the hub config gets (the real-hub tests use it for every service start)."""
 
 from traitlets.config import Config
 
-from cmsaf_hub.hubconfig import SERVICE_SCOPES, cluster_service, service_command
+from cmsaf_hub.service.hubconfig import SERVICE_SCOPES, cluster_service, service_command
 
 
 def test_command_per_backend():
     cmd = service_command(db_url="sqlite:///x.sqlite", python="/py")
     assert cmd[:3] == ["/py", "-m", "cmsaf_hub"]
-    assert "--CmsafService.backend_class=cmsaf_hub.backends.local.LocalBackend" in cmd
+    assert "--CmsafService.backend_class=cmsaf_hub.service.backends.local.LocalBackend" in cmd
     condor = service_command(db_url="sqlite:///x.sqlite", backend="htcondor", config_file="/etc/c.py")
-    assert "--CmsafService.backend_class=cmsaf_hub.backends.htcondor.HTCondorBackend" in condor
+    assert "--CmsafService.backend_class=cmsaf_hub.service.backends.htcondor.HTCondorBackend" in condor
     assert "--config=/etc/c.py" in condor
 
 

@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from cmsaf_hub.backends.local import LocalBackend
-from cmsaf_hub.crypto import SecretBox, generate_cluster_tls, new_crypt_key, parse_crypt_keys
-from cmsaf_hub.models import ClusterRecord, ClusterStatus
-from cmsaf_hub.reconciler import Reconciler
-from cmsaf_hub.store import Store
-from cmsaf_hub.workqueue import WorkQueue
+from cmsaf_hub.service.backends.local import LocalBackend
+from cmsaf_hub.service.crypto import SecretBox, generate_cluster_tls, new_crypt_key, parse_crypt_keys
+from cmsaf_hub.service.models import ClusterRecord, ClusterStatus
+from cmsaf_hub.service.reconciler import Reconciler
+from cmsaf_hub.service.store import Store
+from cmsaf_hub.service.workqueue import WorkQueue
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import psutil
 import pytest
 from distributed import Client
 
-from cmsaf_hub.probe import client_security
+from cmsaf_hub.service.probe import client_security
 from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 from tests.test_service_api import _record
 

@@ -134,7 +134,7 @@ async def test_pod_env_volumes_and_containers():
     assert env["CMSAF_ISSUER"] == "https://iam.example/"
     assert env["DASK_LABEXTENSION__FACTORY__CLASS"] == "HubCluster"
     assert env["DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER"] == "cmsaf_hub.client.security.security_loader"
-    assert "--ServerApp.jpserver_extensions={'cmsaf_hub.labextension': True}" in notebook["args"]
+    assert "--ServerApp.jpserver_extensions={'cmsaf_hub.client.labextension': True}" in notebook["args"]
 
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["cmsaf-token-secret"]["secret"] == {

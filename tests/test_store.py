@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from cmsaf_hub.crypto import CryptError, SecretBox, generate_cluster_tls, new_crypt_key, parse_crypt_keys
-from cmsaf_hub.models import ClusterRecord, ClusterStatus, ClusterTarget, WorkerRecord, WorkerStatus
-from cmsaf_hub.store import Store
+from cmsaf_hub.service.crypto import CryptError, SecretBox, generate_cluster_tls, new_crypt_key, parse_crypt_keys
+from cmsaf_hub.service.models import ClusterRecord, ClusterStatus, ClusterTarget, WorkerRecord, WorkerStatus
+from cmsaf_hub.service.store import Store
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from distributed import Nanny, Scheduler
 from distributed.security import Security
 
-from cmsaf_hub.token_push import push_tokens
+from cmsaf_hub.service.token_push import push_tokens
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 import httpx
 import pytest
 
-from cmsaf_hub.options import ClusterOptions, OptionField
-from cmsaf_hub.ui.render import HubLook, PageUser, form_fields, template_environment
+from cmsaf_hub.service.options import ClusterOptions, OptionField
+from cmsaf_hub.service.ui.render import HubLook, PageUser, form_fields, template_environment
 from tests.harness.login import login_via_iam
 from tests.service_helpers import start_service_hub
 

@@ -1,7 +1,7 @@
 """What can go wrong when talking to the cluster service, as exception types.
 
 Each failure class maps to one stable exit code of the ``cmsaf-dask`` CLI (see
-:data:`EXIT_CODES` in :mod:`cmsaf_hub.cli`), so scripts can tell "log in again" from "the hub is
+:data:`EXIT_CODES` in :mod:`cmsaf_hub.client.cli`), so scripts can tell "log in again" from "the hub is
 down" from "you asked for something the service refused". Messages never contain tokens.
 """
 

@@ -1,6 +1,6 @@
 """Client-side validation of cluster options against the JSON Schema the service serves at ``/options``.
 
-The service publishes (``cmsaf_hub.options.fields_schema``)::
+The service publishes (``cmsaf_hub.service.options.fields_schema``)::
 
     {"type": "object", "additionalProperties": false,
      "properties": {"cores": {"type": "integer", "minimum": 1, "maximum": 8, "default": 1},

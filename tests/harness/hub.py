@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from cmsaf_hub.backends.local import LocalBackend
+from cmsaf_hub.service.backends.local import LocalBackend
 from devstack.hub import HubProcess, IAMClientSettings
 from devstack.iam import HUB_GRANT_TYPES, DevIAM
 

@@ -16,13 +16,13 @@ import jwt
 import pytest
 from distributed import Client
 
-from cmsaf_hub.backends.base import ClusterSpec, WorkerPhase
-from cmsaf_hub.backends.condor_retire import cluster_security
-from cmsaf_hub.backends.condor_seam import SERVICE_IDENTITY
-from cmsaf_hub.backends.htcondor import HTCondorBackend
-from cmsaf_hub.backends.local import LocalBackend
-from cmsaf_hub.crypto import generate_cluster_tls
-from cmsaf_hub.token_push import push_tokens
+from cmsaf_hub.service.backends.base import ClusterSpec, WorkerPhase
+from cmsaf_hub.service.backends.condor_retire import cluster_security
+from cmsaf_hub.service.backends.condor_seam import SERVICE_IDENTITY
+from cmsaf_hub.service.backends.htcondor import HTCondorBackend
+from cmsaf_hub.service.backends.local import LocalBackend
+from cmsaf_hub.service.crypto import generate_cluster_tls
+from cmsaf_hub.service.token_push import push_tokens
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.slow]
 

@@ -39,7 +39,7 @@ def upstream_ws_url(http_root: str, uri: str) -> str:
 class DashboardHandler(ForwarderHandler):
     """``<prefix>/clusters/<id>/dashboard/<path>``: the cluster's dashboard, paths passed through as-is.
 
-    The scheduler serves its dashboard under :func:`~cmsaf_hub.forwarder.target.dashboard_prefix`, so
+    The scheduler serves its dashboard under :func:`~cmsaf_hub.service.forwarder.target.dashboard_prefix`, so
     the public path *is* the upstream path and every link the dashboard renders stays valid.
     """
 

@@ -56,7 +56,7 @@ def scheduler_command(python: str, dashboard_prefix: str = "", host: str = "127.
         "--port", "0,0",
         "--dashboard-address", "127.0.0.1:0",
         "--tls-ca-file", "tls.pem", "--tls-cert", "tls.pem", "--tls-key", "tls.key",
-        "--preload", "cmsaf_hub.backends.local_preload",
+        "--preload", "cmsaf_hub.service.backends.local_preload",
     ]  # fmt: skip
 
 

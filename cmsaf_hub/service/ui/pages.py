@@ -16,7 +16,7 @@ from tornado import web
 from .render import STATIC_DIR, HubLook, PageUser, form_fields, template_environment
 
 if TYPE_CHECKING:
-    from ..app import CmsafService
+    from ..context import ServiceContext
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):
@@ -41,7 +41,7 @@ class PageError(web.HTTPError):
 class PageHandler(HubOAuthenticated, web.RequestHandler):
     """Resolves the hub user without blocking (or sends the browser to log in), renders templates."""
 
-    def initialize(self, service: "CmsafService", env: Environment, look: HubLook) -> None:
+    def initialize(self, service: "ServiceContext", env: Environment, look: HubLook) -> None:
         self.service = service
         self.hub_auth = service.hub_auth
         self.env = env
@@ -127,7 +127,7 @@ class AdminPage(PageHandler):
         self.render_page("cmsaf_admin.html", page="admin")
 
 
-def ui_handlers(prefix: str, service: "CmsafService") -> list[tuple]:
+def ui_handlers(prefix: str, service: "ServiceContext") -> list[tuple]:
     """URL specs of the pages under ``prefix`` (the service's, e.g. ``/services/cmsaf/``)."""
     look = HubLook(hub_prefix=service.hub_auth.hub_prefix, service_prefix=prefix)
     kw = {"service": service, "env": template_environment(), "look": look}

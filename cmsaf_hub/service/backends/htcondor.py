@@ -1,10 +1,10 @@
 """HTCondor backend: Dask workers (and optionally the scheduler) as HTCondor jobs, as their owner.
 
-Every schedd call goes through :class:`~cmsaf_hub.backends.condor_seam.IdentityProcesses`: the
+Every schedd call goes through :class:`~cmsaf_hub.service.backends.condor_seam.IdentityProcesses`: the
 owner's exchanged ``condor`` token authenticates the call inside a process that only ever held that
 owner's token. Submit descriptions come from the pure builders in
-:mod:`~cmsaf_hub.backends.condor_jobs`; queue and history ads become observations in
-:mod:`~cmsaf_hub.backends.condor_status`. This module holds only configuration and I/O order.
+:mod:`~cmsaf_hub.service.backends.condor_jobs`; queue and history ads become observations in
+:mod:`~cmsaf_hub.service.backends.condor_status`. This module holds only configuration and I/O order.
 """
 
 from __future__ import annotations

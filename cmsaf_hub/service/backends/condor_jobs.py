@@ -28,7 +28,7 @@ ROLE_WORKER = "worker"
 #: TLS material as transferred into the sandbox (same file names on scheduler and workers).
 TLS_CERT_FILE = "dask-tls.crt"
 TLS_KEY_FILE = "dask-tls.key"
-#: The scheduler job's preload (cmsaf_hub/backends/condor_scheduler_preload.py), transferred as is.
+#: The scheduler job's preload (cmsaf_hub/service/backends/condor_scheduler_preload.py), transferred as is.
 SCHEDULER_PRELOAD_FILE = "cmsaf_scheduler_preload.py"
 
 #: What the bulk poll needs to know about each job.

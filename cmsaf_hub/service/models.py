@@ -1,6 +1,6 @@
 """The service's records of clusters and workers, their states, and the cluster's JSON model.
 
-Records are plain dataclasses held in memory by :mod:`cmsaf_hub.store` (which persists them);
+Records are plain dataclasses held in memory by :mod:`cmsaf_hub.service.store` (which persists them);
 ``status`` is what is observed, ``target`` what was asked for; only the reconciler moves a status.
 """
 

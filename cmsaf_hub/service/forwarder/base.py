@@ -1,7 +1,7 @@
 """The handler base shared by the dashboard and scheduler relays: who is asking, may they, how to say
 no, and how a permitted websocket upgrade is relayed.
 
-Every request is decided by :func:`~cmsaf_hub.forwarder.target.decide` *before* any upstream
+Every request is decided by :func:`~cmsaf_hub.service.forwarder.target.decide` *before* any upstream
 connection is opened, and the client's connection is only upgraded once the upstream has accepted
 the same upgrade, so a client never holds an open socket to a cluster it may not use.
 """

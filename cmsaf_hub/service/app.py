@@ -224,7 +224,7 @@ class CmsafService(Application):
         return self.secrets.derive(f"worker-credential:{cluster_id}")
 
     async def forwarder_target(self, cluster_id: str) -> Target | None:
-        """The forwarder's view of a cluster (see cmsaf_hub.forwarder)."""
+        """The forwarder's view of a cluster (see cmsaf_hub.service.forwarder)."""
         record = self.store.get(cluster_id)
         if record is None:
             return None
@@ -255,7 +255,7 @@ class CmsafService(Application):
         kw = {"service": self}
         cid = r"([0-9a-zA-Z_-]{1,64})"
         return [
-            *ui_handlers(self.service_prefix, self),  # web pages and their OAuth callback (cmsaf_hub.ui)
+            *ui_handlers(self.service_prefix, self),  # web pages and their OAuth callback (cmsaf_hub.service.ui)
             (api + "options", misc.OptionsHandler, kw),
             (api + "clusters", cluster_api.ClustersHandler, kw),
             (api + f"clusters/{cid}", cluster_api.ClusterHandler, kw),

@@ -1,6 +1,6 @@
 """The job-shape configuration of the HTCondor backend: what every worker job asks for and runs.
 
-A mixin of :class:`~cmsaf_hub.backends.htcondor.HTCondorBackend` (configured as
+A mixin of :class:`~cmsaf_hub.service.backends.htcondor.HTCondorBackend` (configured as
 ``c.HTCondorBackend.<trait>``), kept apart so the backend module holds only I/O order. The
 ``job_shape`` hook merges this server-side configuration with a cluster's user options.
 """

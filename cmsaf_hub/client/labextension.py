@@ -5,7 +5,7 @@ On its own dask-labextension lists only the clusters its own server process crea
 whose truth is the service's ``GET /clusters``: clusters made by a notebook, the CLI or another
 session appear, and they survive JupyterLab restarts.
 
-Enable it next to dask-labextension (``jpserver_extensions = {"cmsaf_hub.labextension": True}``).
+Enable it next to dask-labextension (``jpserver_extensions = {"cmsaf_hub.client.labextension": True}``).
 What it changes:
 
 - ``dask_labextension``'s module-level ``manager`` (read by its handlers at each request) is
@@ -32,12 +32,12 @@ from dask_labextension.manager import DaskClusterManager
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from .client.cluster import HubCluster
-from .client.errors import ClusterNotFoundError, HubError
-from .client.hub import Hub
-from .client.report import ClusterReport
+from .cluster import HubCluster
+from .errors import ClusterNotFoundError, HubError
+from .hub import Hub
+from .report import ClusterReport
 
-log = logging.getLogger("cmsaf_hub.labextension")
+log = logging.getLogger("cmsaf_hub.client.labextension")
 
 #: dask-labextension's routes accept only ids shaped like a UUID.
 LAB_ID = re.compile(r"^\w+-\w+-\w+-\w+-\w+$")
@@ -282,7 +282,7 @@ def install_manager(manager: HubClusterManager) -> None:
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": "cmsaf_hub.labextension"}]
+    return [{"module": "cmsaf_hub.client.labextension"}]
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
@@ -295,7 +295,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
         base_url, r"dask/dashboard/(?P<cluster_id>\w+-\w+-\w+-\w+-\w+)(?P<proxied_path>.+)"
     )
     web_app.add_handlers(".*$", [(dashboard_path, HubDashboardHandler, {"host_allowlist": _is_service_host})])
-    serverapp.log.info("cmsaf_hub.labextension: Dask sidebar lists the cluster service's clusters")
+    serverapp.log.info("cmsaf_hub.client.labextension: Dask sidebar lists the cluster service's clusters")
 
 
 def _is_service_host(handler: HubDashboardHandler, host: str) -> bool:

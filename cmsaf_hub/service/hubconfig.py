@@ -1,6 +1,6 @@
 """Registering the cluster service in a JupyterHub config (``jupyterhub_config.py`` and tests).
 
-    from cmsaf_hub.hubconfig import cluster_service
+    from cmsaf_hub.service.hubconfig import cluster_service
     cluster_service(c, url="http://127.0.0.1:10101", public_url="https://hub.example/",
                     db_url="sqlite:////srv/cmsaf/service.sqlite")
 """
@@ -20,8 +20,8 @@ SERVICE_NAME = "cmsaf"
 SERVICE_SCOPES = ["list:users", "read:users", "read:users:groups", "admin:auth_state"]
 
 BACKENDS = {
-    "local": "cmsaf_hub.backends.local.LocalBackend",
-    "htcondor": "cmsaf_hub.backends.htcondor.HTCondorBackend",
+    "local": "cmsaf_hub.service.backends.local.LocalBackend",
+    "htcondor": "cmsaf_hub.service.backends.htcondor.HTCondorBackend",
 }
 
 

@@ -26,8 +26,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .client.config import resolve_config
-from .client.errors import (
+from .config import resolve_config
+from .errors import (
     AuthenticationError,
     ClusterNotFoundError,
     ConfigurationError,
@@ -37,9 +37,9 @@ from .client.errors import (
     RequestRejectedError,
     ServiceError,
 )
-from .client.http import ServiceAPI, options_schema, wait_until_running
-from .client.options import parse_text, validate_options
-from .client.report import ClusterReport
+from .http import ServiceAPI, options_schema, wait_until_running
+from .options import parse_text, validate_options
+from .report import ClusterReport
 
 PROG = "cmsaf-dask"
 

@@ -1,7 +1,7 @@
 """Pure translation of HTCondor job ads (queue and history) into backend observations.
 
 HTCondor's ``JobStatus`` codes and removal reasons become :class:`WorkerPhase` values here, in one
-table, so the poll loop in :mod:`cmsaf_hub.backends.htcondor` only does I/O.
+table, so the poll loop in :mod:`cmsaf_hub.service.backends.htcondor` only does I/O.
 """
 
 from __future__ import annotations

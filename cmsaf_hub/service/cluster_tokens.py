@@ -4,7 +4,7 @@ A cluster's scheduler and workers got the owner's tokens as files when they star
 files, the local backend's token directory). Clusters often live longer than one token lifetime, so
 the reconciler asks this keeper, every ``interval``, which running clusters hold tokens close to
 expiry, and pushes the owner's current tokens (from the hub's auth_state, which the authenticator
-keeps refreshed) into them through the Dask scheduler (:mod:`cmsaf_hub.token_push`).
+keeps refreshed) into them through the Dask scheduler (:mod:`cmsaf_hub.service.token_push`).
 
 Expiry is read from the JWTs' ``exp`` claim without verifying them: only to schedule the next push.
 """

@@ -11,7 +11,7 @@ import secrets
 import time
 from typing import Any
 
-from ..comm import CREDENTIAL_ENV, hub_worker_command
+from ...comm import CREDENTIAL_ENV, hub_worker_command
 from ..backends.base import BackendError
 from ..crypto import CryptError, generate_cluster_tls
 from ..models import ClusterRecord, ClusterStatus, ClusterTarget

@@ -10,7 +10,7 @@ from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 
 if TYPE_CHECKING:
-    from ..app import CmsafService
+    from ..context import ServiceContext
 
 
 class APIError(web.HTTPError):
@@ -27,7 +27,7 @@ class BaseAPIHandler(HubOAuthenticated, web.RequestHandler):
     #: Handlers that anyone may call (health, the OpenAPI document).
     public = False
 
-    def initialize(self, service: "CmsafService") -> None:
+    def initialize(self, service: "ServiceContext") -> None:
         self.service = service
         self.hub_auth = service.hub_auth
         self._started = time.perf_counter()

@@ -9,7 +9,7 @@ process refuses calls addressed to anyone else. A refreshed token for the same i
 file in place (new authentications read it; a cached session is still that same user's).
 
 The bindings block, so calls never run on the event loop: each process is a separate
-``python -m cmsaf_hub.backends.condor_seam`` program (born with its identity's environment, sharing
+``python -m cmsaf_hub.service.backends.condor_seam`` program (born with its identity's environment, sharing
 no memory with the service) that the service talks to over a pipe.
 """
 
@@ -233,7 +233,7 @@ def client_environment(base: dict[str, str], condor_env: dict[str, str], token_p
 
 
 class ClientProcess:
-    """One identity's ``python -m cmsaf_hub.backends.condor_seam`` process; one call at a time."""
+    """One identity's ``python -m cmsaf_hub.service.backends.condor_seam`` process; one call at a time."""
 
     def __init__(self, identity: str, token_path: str, env: dict[str, str], seam_factory: Callable[[], Any]):
         self.identity = identity
@@ -349,6 +349,6 @@ class IdentityProcesses:
 
 if __name__ == "__main__":
     # Serve from the importable module, so the seam and this loop share one SeamError class.
-    from cmsaf_hub.backends.condor_seam import main as serve
+    from cmsaf_hub.service.backends.condor_seam import main as serve
 
     serve()
