@@ -38,8 +38,8 @@ from authenticators.iam import IAMAuthenticator  # noqa: E402
 from devstack.hub import HubProcess, IAMClientSettings  # noqa: E402
 from devstack.iam import HUB_GRANT_TYPES, DevIAM  # noqa: E402
 from devstack.pki import ensure_dev_pki  # noqa: E402
-from tests.harness.hub import RunningHub, admin_service_config, new_admin_token  # noqa: E402
-from tests.harness.login import login_via_iam  # noqa: E402
+from devstack.hubs import RunningHub, admin_service_config, new_admin_token  # noqa: E402
+from devstack.login import login_via_iam  # noqa: E402
 
 DEMO_USERS = ["alice", "bob"]
 COMMON = "c.Authenticator.auth_refresh_age = 1\nc.GenericOAuthenticator.basic_auth = True\n"

@@ -33,8 +33,8 @@ from cmsaf_hub.comm import hub_security  # noqa: E402
 from devstack.hub import HubProcess, IAMClientSettings, free_port  # noqa: E402
 from devstack.iam import DevIAM  # noqa: E402
 from devstack.pki import ensure_dev_pki  # noqa: E402
-from tests.harness.hub import RunningHub, admin_service_config, new_admin_token  # noqa: E402
-from tests.service_helpers import HUB_ENV, ServiceHub, service_config_text  # noqa: E402
+from devstack.hubs import RunningHub, admin_service_config, new_admin_token  # noqa: E402
+from devstack.service_hubs import HUB_ENV, ServiceHub, service_config_text  # noqa: E402
 
 WORKERS = 4
 #: Seconds of quiet before each measurement (the previous cluster's processes finish exiting).
@@ -46,7 +46,8 @@ DASK = str(Path(sys.executable).with_name("dask"))
 async def running_service_hub(state: Path, *, backend: str = "local", config: str = ""):
     """A dev IAM, a hub and the cluster service, like tests/conftest.py's hub_factory builds them."""
     from cmsaf_hub.service.crypto import new_crypt_key
-    from tests.conftest import HUB_CLIENT_ID, HUB_GRANT_TYPES
+    from devstack.hubs import HUB_CLIENT_ID
+    from devstack.iam import HUB_GRANT_TYPES
 
     ensure_dev_pki(state)
     key = new_crypt_key()

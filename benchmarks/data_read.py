@@ -32,7 +32,7 @@ from cmsaf_hub.service.backends.local import LocalBackend  # noqa: E402
 from cmsaf_hub.service.crypto import generate_cluster_tls  # noqa: E402
 from cmsaf_hub.data import read_bytes  # noqa: E402
 from devstack.xrootd import missing_prerequisites  # noqa: E402
-from tests.harness.datasite import start_data_site  # noqa: E402
+from devstack.datasite import start_data_site  # noqa: E402
 
 
 def timed_read(url: str) -> tuple[float, int]:

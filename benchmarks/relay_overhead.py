@@ -156,7 +156,7 @@ async def bench(rounds: int, mbytes: int, repeats: int) -> None:
     import httpx
 
     from cmsaf_hub.comm import hub_security
-    from tests.test_forwarder import MiniHub
+    from devstack.minihub import MiniHub
 
     children: list[asyncio.subprocess.Process] = []
     py = sys.executable

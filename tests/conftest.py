@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from devstack.iam import DevIAM
 from devstack.pki import DevPKI, ensure_dev_pki
-from tests.harness.hub import RunningHub, launch_hub, shutdown_hub
+from devstack.hubs import RunningHub, launch_hub, shutdown_hub
 
 
 @pytest.fixture(scope="session")

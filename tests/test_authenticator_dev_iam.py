@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authenticators.iam import IAMAuthenticator
 from authenticators.jwks import TokenRejected
-from tests.harness.login import trusting
+from devstack.login import trusting
 
 CLIENT_ID, CLIENT_SECRET = "cmsaf-hub", "hub-client-secret-value"
 

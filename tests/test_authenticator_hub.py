@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from devstack.hub import HubError
-from tests.harness.login import login_via_iam, trusting
+from devstack.login import login_via_iam, trusting
 
 EXCHANGES = {
     "condor": {"audience": "https://wlcg.cern.ch/jwt/v1/any",

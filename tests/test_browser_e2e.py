@@ -18,8 +18,9 @@ import pytest
 import pytest_asyncio
 
 from cmsaf_hub.service.crypto import new_crypt_key
-from tests.harness.hub import launch_hub, shutdown_hub
-from tests.service_helpers import HUB_ENV, REPO, ServiceHub, free_port, service_config_text
+from devstack.hub import free_port
+from devstack.hubs import launch_hub, shutdown_hub
+from devstack.service_hubs import HUB_ENV, REPO, ServiceHub, service_config_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 

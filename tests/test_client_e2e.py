@@ -12,7 +12,7 @@ import pytest
 from cmsaf_hub.client import Hub, HubCluster, OptionsError
 from cmsaf_hub.client.config import resolve_config
 from cmsaf_hub.client.labextension import HubClusterManager, lab_id_for
-from tests.service_helpers import start_service_hub
+from devstack.service_hubs import start_service_hub
 from tests.test_labextension import JupyterServer
 
 pytestmark = pytest.mark.slow

@@ -26,8 +26,8 @@ from cmsaf_hub.service.crypto import generate_cluster_tls
 from cmsaf_hub.data import StorageTokenError, read_bytes
 from cmsaf_hub.service.probe import client_security
 from devstack.xrootd import missing_prerequisites
-from tests.harness.datasite import start_data_site
-from tests.harness.tokens import issuer_signed, user_token
+from devstack.datasite import start_data_site
+from devstack.oauth_client import issuer_signed, user_token
 
 pytestmark = [
     pytest.mark.slow,

@@ -14,7 +14,7 @@ import pytest
 
 from devstack.hub import REPO_ROOT, free_port
 from devstack.xrootd import missing_prerequisites
-from tests.harness.login import login_via_iam, trusting
+from devstack.login import login_via_iam, trusting
 
 LAUNCHER = [sys.executable, "-m", "devstack.launcher"]
 

@@ -15,8 +15,9 @@ import jwt
 import pytest
 
 from cmsaf_hub.service.crypto import new_crypt_key
-from tests.harness.login import login_via_iam
-from tests.service_helpers import ADMIN_USERS, ServiceHub, free_port, service_config_text
+from devstack.login import login_via_iam
+from devstack.hub import free_port
+from devstack.service_hubs import ADMIN_USERS, ServiceHub, service_config_text
 from tests.test_htcondor_seam import recorded_calls
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 from distributed import Client, wait
 
 from cmsaf_hub.comm import hub_security
-from tests.service_helpers import start_service_hub
+from devstack.service_hubs import start_service_hub
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.harness.login import login_via_iam
+from devstack.login import login_via_iam
 from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow

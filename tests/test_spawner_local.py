@@ -15,7 +15,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.harness.login import login_via_iam, trusting
+from devstack.login import login_via_iam, trusting
 
 pytestmark = pytest.mark.slow
 

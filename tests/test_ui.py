@@ -11,8 +11,8 @@ import pytest
 
 from cmsaf_hub.service.options import ClusterOptions, OptionField
 from cmsaf_hub.service.ui.render import HubLook, PageUser, form_fields, template_environment
-from tests.harness.login import login_via_iam
-from tests.service_helpers import start_service_hub
+from devstack.login import login_via_iam
+from devstack.service_hubs import start_service_hub
 
 PREFIX = "/services/cmsaf/"
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import httpx
 
 from authenticators.exchange import build_exchange_params, parse_exchange_specs
-from tests.harness.login import _FormParser
+from devstack.login import FormParser
 
 CLIENT_ID = "htcondor-it"
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # never contacted: the code is read from the redirect
@@ -52,7 +52,7 @@ async def condor_token(iam, username: str) -> str:
                     break
                 response = await http.get(location)
                 continue
-            form = _FormParser()
+            form = FormParser()
             form.feed(response.text)
             if form.action is None:
                 raise AssertionError(f"dev IAM login for {username} stopped at {response.url}: {response.status_code}")

@@ -1,4 +1,4 @@
-"""A running hub for tests: the repository's config plus an admin service the tests act through."""
+"""A running hub for tests and benchmarks: the repository's config plus an admin service they act through."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ async def launch_hub(base: Path, *, extra_config: str = "", env: dict[str, str] 
     """A dev IAM with the hub's client registered for its callback URL, then the hub, under ``base``.
 
     The config's own cluster service is off unless ``env`` says ``CMSAF_CLUSTER_SERVICE=on``: the
-    service tests register it themselves with their settings (tests/service_helpers.py).
+    service tests register it themselves with their settings (devstack/service_hubs.py).
     """
     admin_token = new_admin_token()
     secret = secrets.token_urlsafe(24)

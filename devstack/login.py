@@ -11,7 +11,7 @@ import httpx
 from devstack.pki import trust as trusting
 
 
-class _FormParser(HTMLParser):
+class FormParser(HTMLParser):
     """Collects the first form's action and its named inputs."""
 
     def __init__(self) -> None:
@@ -60,7 +60,7 @@ async def login_via_iam(hub, username: str, password: str, *, ca_cert: Path | No
     session = HubSession(verify=trusting(ca), follow_redirects=True, timeout=30)
     start = await session.get(f"{hub.url}hub/oauth_login", params={"next": next_url} if next_url else None)
     start.raise_for_status()
-    form = _FormParser()
+    form = FormParser()
     form.feed(start.text)
     if form.action is None or "login" not in form.fields and "password" not in form.fields:
         await session.aclose()

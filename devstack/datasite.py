@@ -8,7 +8,7 @@ from pathlib import Path
 
 from devstack.iam import DevIAM
 from devstack.xrootd import DataStack, hashed_ca_dir
-from tests.harness.tokens import HarnessClient, user_token
+from devstack.oauth_client import HarnessClient, user_token
 
 
 @dataclass

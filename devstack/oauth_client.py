@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 
 from devstack.iam import DevIAM
-from tests.harness.login import _FormParser, trusting
+from devstack.login import FormParser, trusting
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -50,7 +50,7 @@ async def login_tokens(iam: DevIAM, client: HarnessClient, username: str,
             "response_type": "code", "client_id": client.client_id, "redirect_uri": client.redirect_uri,
             "scope": scope, "state": "harness"})
         page.raise_for_status()
-        form = _FormParser()
+        form = FormParser()
         form.feed(page.text)
         form.fields.update(login=username, password=iam.user(username)["password"])
         r = await http.post(urljoin(str(page.url), form.action), data=form.fields)
