@@ -110,10 +110,16 @@ def facility_url(path: str, *, check_token: bool = True, token_file: str | os.Pa
     return f"{server.rstrip('/')}/{path}"
 
 
-def read_bytes(path: str, *, check_token: bool = True, timeout: int = 60) -> bytes:
+#: Bytes asked for per read request: XRootD servers may answer any request with fewer bytes than asked.
+READ_CHUNK = 64 * 1024 * 1024
+
+
+def read_bytes(path: str, *, check_token: bool = True, timeout: int = 60, chunk_size: int = READ_CHUNK) -> bytes:
     """Read a whole file through XRootD with the ``BEARER_TOKEN_FILE`` token.
 
-    A refusal becomes StorageAccessError carrying the server's reason; nothing is retried.
+    Reads in ``chunk_size`` requests until the size the server reported at open is reached: a server
+    may return fewer bytes than asked, so one read is never taken as the whole file. A refusal, or a
+    file that ends before its reported size, becomes StorageAccessError; nothing is retried.
     """
     from XRootD import client  # the XRootD Python bindings (PyPI: xrootd)
 
@@ -122,7 +128,16 @@ def read_bytes(path: str, *, check_token: bool = True, timeout: int = 60) -> byt
         status, _ = f.open(url, timeout=timeout)
         if not status.ok:
             raise StorageAccessError(f"cannot open {url}: {status.message.strip()}")
-        status, data = f.read(timeout=timeout)
+        status, info = f.stat(timeout=timeout)
         if not status.ok:
-            raise StorageAccessError(f"cannot read {url}: {status.message.strip()}")
-        return data
+            raise StorageAccessError(f"cannot stat {url}: {status.message.strip()}")
+        size, chunks, offset = info.size, [], 0
+        while offset < size:
+            status, data = f.read(offset=offset, size=min(chunk_size, size - offset), timeout=timeout)
+            if not status.ok:
+                raise StorageAccessError(f"cannot read {url} at byte {offset}: {status.message.strip()}")
+            if not data:
+                raise StorageAccessError(f"short read of {url}: the file ended at byte {offset} of {size}")
+            chunks.append(data)
+            offset += len(data)
+        return b"".join(chunks)

@@ -9,8 +9,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cmsaf_hub.data import (StorageTokenError, check_storage_token, facility_url, storage_token_file,
-                            token_problem)
+from cmsaf_hub.data import (StorageAccessError, StorageTokenError, check_storage_token, facility_url, read_bytes,
+                            storage_token_file, token_problem)
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -86,3 +86,71 @@ def test_facility_url_refuses_when_the_token_cannot_read(tmp_path, monkeypatch):
     monkeypatch.delenv("CMSAF_XCACHE_URL", raising=False)
     with pytest.raises(StorageTokenError, match="names no storage server"):
         facility_url("/store/mc/f.root")
+
+
+class _Status:
+    def __init__(self, ok: bool = True, message: str = "") -> None:
+        self.ok, self.message = ok, message
+
+
+class _StatInfo:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def partial_file(content: bytes, *, per_read: int, reported_size: int | None = None):
+    """An XRootD ``client.File`` whose server answers each read with at most ``per_read`` bytes (as
+    servers may) and reports ``reported_size`` at stat (a file that shrank after it was opened)."""
+
+    class PartialFile:
+        reads: list[tuple[int, int]] = []
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def open(self, url, timeout=0):
+            return _Status(), None
+
+        def stat(self, timeout=0):
+            return _Status(), _StatInfo(len(content) if reported_size is None else reported_size)
+
+        def read(self, offset=0, size=0, timeout=0):
+            PartialFile.reads.append((offset, size))
+            return _Status(), content[offset:offset + min(size, per_read)]
+
+    return PartialFile
+
+
+@pytest.fixture
+def storage_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("BEARER_TOKEN_FILE", str(write(tmp_path, token())))
+    monkeypatch.setenv("CMSAF_XROOTD_ORIGIN", "roots://origin.example:1094")
+    monkeypatch.delenv("CMSAF_XCACHE_URL", raising=False)
+
+
+def test_read_bytes_loops_over_partial_reads_to_the_reported_size(storage_env, monkeypatch):
+    from XRootD import client
+
+    content = bytes(range(256)) * 40  # 10240 bytes
+    fake = partial_file(content, per_read=1000)
+    monkeypatch.setattr(client, "File", fake)
+    assert read_bytes("/store/f.root", chunk_size=4096) == content
+    # eleven short answers, each next request starting where the last one ended
+    assert [o for o, _ in fake.reads] == list(range(0, 10240, 1000))
+    assert fake.reads[0] == (0, 4096) and fake.reads[-1] == (10000, 240)
+
+
+def test_read_bytes_fails_loudly_when_the_file_ends_before_its_size(storage_env, monkeypatch):
+    from XRootD import client
+
+    content = b"x" * 5000
+    monkeypatch.setattr(client, "File", partial_file(content, per_read=3000, reported_size=8000))
+    with pytest.raises(StorageAccessError,
+                       match=r"short read of roots://origin.example:1094//store/f.root: the file ended at byte 5000 of 8000"):
+        read_bytes("/store/f.root")
+    # positive control: the same server and content, with the true size
+    monkeypatch.setattr(client, "File", partial_file(content, per_read=3000))
+    assert read_bytes("/store/f.root") == content
