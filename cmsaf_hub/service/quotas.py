@@ -15,7 +15,7 @@ from traitlets.config import Configurable
 
 
 class QuotaExceeded(Exception):
-    """Creating a cluster would exceed a limit; the message names the limit."""
+    """Creating a cluster would exceed a limit; the message names the limit, the usage and its unit."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Usage:
 @dataclass(frozen=True)
 class Clamped:
     value: int
-    #: Why the value was lowered (names the limit), or None when the request fit.
+    #: Why the value was lowered (names the limit, the usage and the unit), or None when it fit.
     reason: str | None = None
 
 
@@ -65,38 +65,86 @@ class Limits(Configurable):
     ).tag(config=True)
 
 
-def _cap(limit: float, per_worker: float) -> float:
-    return math.inf if not limit or per_worker <= 0 else math.floor(limit / per_worker + 1e-9)
+@dataclass(frozen=True)
+class Budget:
+    """One configured limit as seen by one request: how much is left and what that allows."""
+
+    #: The Limits trait, e.g. ``max_cores_per_user``.
+    name: str
+    #: The configured limit and the unit it counts in ("workers", "cores" or "GiB").
+    limit: float
+    unit: str
+    #: What the owner's other active clusters already reserve (per-user limits only).
+    used: float | None
+    #: What one worker of the cluster costs, in ``unit``.
+    per_worker: float
+
+    @property
+    def workers(self) -> int:
+        """The most workers that fit in what is left (0 when it is used up or overdrawn)."""
+        left = self.limit - (self.used or 0)
+        if self.per_worker <= 0:
+            return _UNBOUNDED
+        return max(0, math.floor(left / self.per_worker + 1e-9))
+
+    def describe(self, workers: int) -> str:
+        """The limit, the usage and what ``workers`` would ask for, all in the limit's own unit."""
+        text = f"limit {self.name} is {_amount(self.limit, self.unit)}"
+        if self.used is not None:
+            text += f"; your other active clusters reserve {_amount(self.used, self.unit)}"
+        if self.unit == "workers":
+            return f"{text}; this cluster asks for {_amount(workers, 'workers')}"
+        asked = _amount(workers * self.per_worker, self.unit)
+        return (f"{text}; this cluster asks for {_amount(workers, 'workers')} × "
+                f"{_amount(self.per_worker, self.unit)} = {asked}")
 
 
-def worker_cap(limits: Limits, new: Usage, others: Iterable[Usage]) -> Clamped:
-    """The largest worker count the cluster ``new`` may reserve, given the owner's ``others``."""
+#: What "no limit" allows: any count a request can carry.
+_UNBOUNDED = 2**31 - 1
+
+
+def _amount(value: float, unit: str) -> str:
+    number = f"{value:g}"
+    if unit == "workers" and value == 1:
+        return "1 worker"
+    if unit == "cores" and value == 1:
+        return "1 core"
+    return f"{number} {unit}"
+
+
+def budgets(limits: Limits, new: Usage, others: Iterable[Usage]) -> list[Budget]:
+    """Every configured (non-zero) limit that bounds the worker count of the cluster ``new``.
+
+    A limit of 0 is "unlimited" and has no budget; a per-user limit whose remainder is 0 or less is a
+    budget of 0 workers, never "unlimited".
+    """
     others = list(others)
     used_cores = sum(u.total_cores for u in others)
     used_memory = sum(u.total_memory for u in others)
-    caps = [
-        (limits.max_workers_per_cluster or math.inf, "max_workers_per_cluster"),
-        (_cap(limits.max_cores_per_cluster, new.cores), "max_cores_per_cluster"),
-        (_cap(limits.max_memory_per_cluster, new.memory), "max_memory_per_cluster"),
-        (
-            _cap(limits.max_cores_per_user - used_cores, new.cores) if limits.max_cores_per_user else math.inf,
-            "max_cores_per_user",
-        ),
-        (
-            _cap(limits.max_memory_per_user - used_memory, new.memory) if limits.max_memory_per_user else math.inf,
-            "max_memory_per_user",
-        ),
+    candidates = [
+        Budget("max_workers_per_cluster", limits.max_workers_per_cluster, "workers", None, 1),
+        Budget("max_cores_per_cluster", limits.max_cores_per_cluster, "cores", None, new.cores),
+        Budget("max_memory_per_cluster", limits.max_memory_per_cluster, "GiB", None, new.memory),
+        Budget("max_cores_per_user", limits.max_cores_per_user, "cores", used_cores, new.cores),
+        Budget("max_memory_per_user", limits.max_memory_per_user, "GiB", used_memory, new.memory),
     ]
-    value, name = min(caps, key=lambda c: c[0])
-    return Clamped(max(0, int(value)) if value != math.inf else 2**31 - 1, name)
+    return [b for b in candidates if b.limit]
+
+
+def worker_cap(limits: Limits, new: Usage, others: Iterable[Usage]) -> tuple[int, Budget | None]:
+    """The largest worker count the cluster ``new`` may reserve given the owner's ``others``, and
+    the limit that sets it (None when nothing does)."""
+    tightest = min(budgets(limits, new, others), key=lambda b: b.workers, default=None)
+    return (tightest.workers, tightest) if tightest else (_UNBOUNDED, None)
 
 
 def clamp_workers(limits: Limits, new: Usage, others: Iterable[Usage]) -> Clamped:
-    """``new.workers`` lowered to what the limits allow; ``reason`` names the limit that bit."""
-    cap = worker_cap(limits, new, others)
-    if new.workers <= cap.value:
+    """``new.workers`` lowered to what the limits allow; ``reason`` names the limit that bit, what is
+    used and what was asked, in the limit's unit."""
+    cap, budget = worker_cap(limits, new, others)
+    if budget is None or new.workers <= cap:
         return Clamped(new.workers)
-    return Clamped(cap.value, f"clamped to {cap.value} workers by limit {cap.reason}")
+    return Clamped(cap, f"clamped to {_amount(cap, 'workers')}: {budget.describe(new.workers)}")
 
 
 def check_create(limits: Limits, new: Usage, others: Iterable[Usage]) -> None:
@@ -104,8 +152,9 @@ def check_create(limits: Limits, new: Usage, others: Iterable[Usage]) -> None:
     others = list(others)
     if limits.max_clusters_per_user and len(others) >= limits.max_clusters_per_user:
         raise QuotaExceeded(
-            f"limit max_clusters_per_user: at most {limits.max_clusters_per_user} active clusters"
+            f"limit max_clusters_per_user is {limits.max_clusters_per_user}: you hold {len(others)} active "
+            f"cluster{'' if len(others) == 1 else 's'}; stop one to create another"
         )
-    cap = worker_cap(limits, new, others)
-    if new.workers > cap.value:
-        raise QuotaExceeded(f"limit {cap.reason}: at most {cap.value} workers for this cluster")
+    cap, budget = worker_cap(limits, new, others)
+    if budget is not None and new.workers > cap:
+        raise QuotaExceeded(f"{budget.describe(new.workers)}; at most {_amount(cap, 'workers')} fit")
