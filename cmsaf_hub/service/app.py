@@ -29,7 +29,7 @@ from .backends.base import Backend
 from .backends.local import LocalBackend
 from .cluster_tokens import ClusterTokenKeeper
 from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys
-from .forwarder import ClusterState, Target, forwarder_handlers, hash_credential
+from .forwarder import ClusterState, Target, fast_address, forwarder_handlers, hash_credential
 from .hubapi import HubAPI, HubAPIError
 from .metrics import ServiceMetrics
 from .models import ClusterRecord, ClusterStatus, cluster_model
@@ -170,7 +170,7 @@ class CmsafService(Application):
         )
         self.reconciler.env_hook = lambda record: dict(self.cluster_env)
         self.reconciler.dashboard_prefix_hook = self.dashboard_prefix
-        self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self._ssl_contexts: dict[str, tuple[ssl.SSLContext, tuple[str, str]]] = {}
         self._model_json: dict[str, str] = {}
         self.store.listeners.append(lambda cluster_id: self._model_json.pop(cluster_id, None))
         self._started = time.time()
@@ -186,7 +186,10 @@ class CmsafService(Application):
         return f"{self.service_prefix}clusters/{cluster_id}/dashboard"
 
     def cluster_model(self, record: ClusterRecord) -> dict[str, Any]:
-        return cluster_model(record, public_base=self.public_base)
+        model = cluster_model(record, public_base=self.public_base)
+        # the fast path (Dask's TLS comm through the hub, docs/proxy.md) beside the ws relay
+        model["fast_scheduler_address"] = fast_address(self.public_base, record.id) if model["scheduler_address"] else None
+        return model
 
     def cluster_json(self, record: ClusterRecord) -> str:
         """The cluster model serialized, cached until the record changes (list requests stay cheap)."""
@@ -228,13 +231,15 @@ class CmsafService(Application):
         record = self.store.get(cluster_id)
         if record is None:
             return None
-        upstream_ssl = None
+        upstream_ssl, tls_pem = None, None
         if record.status is ClusterStatus.RUNNING:
-            upstream_ssl = self._ssl_contexts.get(record.id)
-            if upstream_ssl is None:
-                security = client_security(record.tls_cert, self.secrets.decrypt(record.tls_key_encrypted))
-                upstream_ssl = security.get_connection_args("client")["ssl_context"]
-                self._ssl_contexts[record.id] = upstream_ssl
+            cached = self._ssl_contexts.get(record.id)
+            if cached is None:
+                tls_key = self.secrets.decrypt(record.tls_key_encrypted)
+                security = client_security(record.tls_cert, tls_key)
+                cached = security.get_connection_args("client")["ssl_context"], (record.tls_cert, tls_key)
+                self._ssl_contexts[record.id] = cached
+            upstream_ssl, tls_pem = cached
         else:
             self._ssl_contexts.pop(record.id, None)
         return Target(
@@ -245,6 +250,8 @@ class CmsafService(Application):
             dashboard_address=record.dashboard_address,
             worker_credential_sha256=hash_credential(self.worker_credential(record.id)),
             upstream_ssl=upstream_ssl,
+            scheduler_tls_address=record.scheduler_address,
+            tls_pem=tls_pem,
         )
 
     # -- web ---------------------------------------------------------------------------------------

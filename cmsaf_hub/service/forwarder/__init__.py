@@ -12,7 +12,7 @@ from typing import Any
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from .handlers import CommRelayHandler, DashboardHandler
+from .handlers import CommRelayHandler, DashboardHandler, TLSRelayHandler
 from .target import (
     Authorizer,
     ClusterState,
@@ -23,9 +23,11 @@ from .target import (
     credential_matches,
     dashboard_prefix,
     decide,
+    fast_address,
     hash_credential,
     new_worker_credential,
     owner_or_admin,
+    tls_path,
 )
 
 __all__ = [
@@ -37,10 +39,12 @@ __all__ = [
     "credential_matches",
     "dashboard_prefix",
     "decide",
+    "fast_address",
     "forwarder_handlers",
     "hash_credential",
     "new_worker_credential",
     "owner_or_admin",
+    "tls_path",
 ]
 
 
@@ -70,12 +74,13 @@ class Forwarder(LoggingConfigurable):
     def handlers(
         self, prefix: str, resolve: Resolver, hub_auth: Any, authorize: Authorizer = owner_or_admin
     ) -> list[tuple[str, type, dict[str, Any]]]:
-        """URL specs for ``<prefix>clusters/<id>/dashboard/<path>`` and ``<prefix>clusters/<id>/comm``."""
+        """URL specs for ``<prefix>clusters/<id>/dashboard/<path>``, ``.../comm`` and ``.../tls``."""
         base = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
         kwargs = {"forwarder": self, "resolve": resolve, "authorize": authorize, "hub_auth": hub_auth}
         return [
             (base + r"clusters/([^/]+)/dashboard/?(.*)", DashboardHandler, kwargs),
             (base + r"clusters/([^/]+)/comm/?", CommRelayHandler, kwargs),
+            (base + r"clusters/([^/]+)/tls", TLSRelayHandler, kwargs),
         ]
 
 

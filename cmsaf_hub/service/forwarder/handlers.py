@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
+from distributed.comm.addressing import parse_address, parse_host_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
+from tornado.tcpclient import TCPClient
 
+from ...comm import websocket_accept
 from .base import ForwarderHandler
+from .splice import splice
 from .target import Target
 
 #: Request headers never sent to a dashboard: hop-by-hop ones, and the hub credentials (secrets the
@@ -120,3 +126,57 @@ class CommRelayHandler(ForwarderHandler):
         if not target.scheduler_ws_address:
             raise web.HTTPError(503)
         await self.relay_websocket(target.scheduler_ws_address.rstrip("/") + "/")
+
+
+class TLSRelayHandler(ForwarderHandler):
+    """``<prefix>/clusters/<id>/tls``: the fast path, Dask's TLS comm spliced raw to the scheduler.
+
+    A websocket upgrade request (hub token, or the cluster's worker credential) is answered ``101``
+    by the service itself once access is decided and the scheduler's TLS listener accepted a TCP
+    connection; from then on both sockets are spliced byte for byte, and the client runs its TLS
+    session with the scheduler (the cluster's certificate) inside. Every proxy in front (CHP, an
+    nginx ingress) passes an upgraded connection through untouched, so what it costs is a splice.
+
+    A plain ``GET`` with a token answers the cluster's certificate and key (``{"tls_cert",
+    "tls_key"}``, PEM): what that TLS session needs, owner and admins only, like the relay.
+    """
+
+    async def get(self, cluster_id: str) -> None:
+        if not self.is_websocket_request():
+            await self.send_credentials(cluster_id)
+            return
+        key = self.request.headers.get("Sec-WebSocket-Key", "")
+        if not key:
+            raise web.HTTPError(400, reason="Missing Sec-WebSocket-Key")
+        target = await self.admit(cluster_id, accept_worker_credential=True)
+        if not target.scheduler_tls_address:
+            raise web.HTTPError(503)
+        _, loc = parse_address(target.scheduler_tls_address)
+        host, port = parse_host_port(loc)
+        try:
+            upstream = await TCPClient().connect(host, port, timeout=self.forwarder.connect_timeout)
+        except (OSError, StreamClosedError, asyncio.TimeoutError) as e:
+            self.log.warning("forwarder: scheduler of %s unreachable: %s", cluster_id, type(e).__name__)
+            raise web.HTTPError(503) from None
+        upstream.set_nodelay(True)
+        client = self.detach()
+        head = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Accept: {websocket_accept(key)}\r\n\r\n")
+        try:
+            await client.write(head.encode("latin-1"))
+        except StreamClosedError:
+            upstream.close()
+            return
+        await splice(client, upstream, self.forwarder.chunk_size)
+
+    async def send_credentials(self, cluster_id: str) -> None:
+        """The cluster's TLS certificate and key, to a token-bearing owner, admin or the cluster's workers."""
+        if not self.presented_token():
+            raise web.HTTPError(401)  # never on a cookie alone: no page of another site may fetch a key
+        target = await self.admit(cluster_id, accept_worker_credential=True)
+        if target.tls_pem is None:
+            raise web.HTTPError(503)
+        cert, key = target.tls_pem
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"tls_cert": cert, "tls_key": key}))

@@ -43,6 +43,10 @@ class Target:
     worker_credential_sha256: str | None = field(default=None, repr=False)
     #: TLS context for ``wss://``/``https://`` upstream legs (the cluster's own CA); None for loopback ws.
     upstream_ssl: ssl.SSLContext | None = field(default=None, repr=False)
+    #: The scheduler's TLS listener (``tls://10.0.0.5:8786``), target of the fast path's raw splice.
+    scheduler_tls_address: str | None = None
+    #: The cluster's certificate and private key (PEM), handed to owner/admin clients of the fast path.
+    tls_pem: tuple[str, str] | None = field(default=None, repr=False)
 
 
 #: ``await resolve(cluster_id)`` -> the cluster, or None when no such cluster exists.
@@ -116,6 +120,26 @@ def dashboard_prefix(service_prefix: str, cluster_id: str) -> str:
     under exactly this prefix for its links, static files and Bokeh websockets to work.
     """
     return f"/{service_prefix.strip('/')}/clusters/{cluster_id}/dashboard".replace("//", "/")
+
+
+def tls_path(service_prefix: str, cluster_id: str) -> str:
+    """The URL path of a cluster's fast path (raw TLS to the scheduler after a websocket upgrade)."""
+    return f"/{service_prefix.strip('/')}/clusters/{cluster_id}/tls".replace("//", "/")
+
+
+def fast_address(public_base: str, cluster_id: str) -> str | None:
+    """The fast-path address of a cluster below the public service URL (``https://hub/services/cmsaf/``).
+
+    ``hubs://hub:443/services/cmsaf/clusters/<id>/tls`` for an ``https://`` hub, ``hub://`` for an
+    ``http://`` one, with the port always explicit; None when the public URL is not absolute.
+    """
+    scheme, sep, rest = public_base.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return None
+    netloc, _, path = rest.partition("/")
+    if ":" not in netloc.rpartition("]")[2]:
+        netloc += ":443" if scheme == "https" else ":80"
+    return f"{'hubs' if scheme == 'https' else 'hub'}://{netloc}{tls_path('/' + path, cluster_id)}"
 
 
 def comm_path(service_prefix: str, cluster_id: str) -> str:

@@ -1,0 +1,159 @@
+"""The fast path against the real service: Dask's TLS comm through the hub's one URL.
+
+A real hub (configurable-http-proxy), the cluster service with its local backend (a TLS-only
+scheduler and a worker), and for the TLS-terminating ingress a real nginx in front of the hub
+with the dev CA's certificate. The client is ``distributed.Client`` on ``hub(s)://`` addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from distributed import Client
+from distributed.comm.core import FatalCommClosedError
+
+from cmsaf_hub.comm import HubRefusedFatal, hub_security
+from devstack.hub import free_port
+from devstack.pki import trust
+from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+NGINX = "/usr/sbin/nginx"
+#: Clusters as the service's own OS user: these tests are about the path into a cluster, not isolation.
+SAME_USER = "c.LocalBackend.same_user = True\n"
+
+#: What an ingress in front of JupyterHub does (z2jh's nginx ingress): TLS termination, websocket
+#: upgrades passed on, no buffering.
+NGINX_CONF = """
+worker_processes 1;
+pid {state}/nginx.pid;
+error_log {state}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {state}/body;
+    proxy_temp_path {state}/proxy;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass {upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"""
+
+
+async def start_nginx(state: Path, upstream: str, cert: Path, key: Path) -> tuple[subprocess.Popen, int]:
+    """A real nginx terminating TLS in front of ``upstream``; returns the process and its port."""
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = state / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(state=state, port=port, cert=cert, key=key, upstream=upstream.rstrip("/")))
+    proc = subprocess.Popen([NGINX, "-p", str(state), "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=open(state / "stderr.log", "wb"))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while loop.time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise AssertionError("nginx did not start: " + (state / "stderr.log").read_text()
+                         + (state / "error.log").read_text() if (state / "error.log").exists() else "")
+
+
+async def roundtrip(client: Client, nbytes: int) -> None:
+    """A computation and a scatter/gather of ``nbytes`` random bytes, checked byte for byte."""
+    assert await client.submit(sum, [20, 22]) == 42
+    payload = os.urandom(nbytes)
+    [future] = await client.scatter([payload])
+    assert await client.gather(future) == payload
+
+
+def scheduler_tls(client: Client) -> dict:
+    """What the client's own comm to the scheduler negotiated (TLS details distributed records)."""
+    return client.scheduler_comm.comm.extra_info
+
+
+async def test_fast_path_through_chp_and_an_nginx_tls_ingress(service_hub_factory, dev_pki, tmp_path):
+    sh = await service_hub_factory(config=SAME_USER)
+    alice = await sh.hub.create_user("alice")
+    eve = await sh.hub.create_user("eve")
+    root = await sh.hub.create_user("root")  # admin by config
+    hub_port = int(sh.hub.url.rstrip("/").rsplit(":", 1)[1])
+    async with sh.client(alice) as api:
+        cid = (await api.post("clusters", json={"options": {"workers": 1}})).json()["id"]
+        model = await sh.wait_status(api, cid, "running")
+        await sh.wait_workers(api, cid, 1)
+    fast = model["fast_scheduler_address"]
+    assert fast == f"hub://127.0.0.1:{hub_port}/services/cmsaf/clusters/{cid}/tls"
+
+    # owner and admin: TLS with the scheduler itself (its certificate), bytes intact through CHP
+    for token in (alice, root):
+        async with Client(fast, security=hub_security(token), asynchronous=True, timeout=30) as client:
+            await roundtrip(client, 20_000_000)
+            info = scheduler_tls(client)
+            assert info["cipher"][1].startswith("TLSv1.")
+            assert dict(x[0] for x in info["peercert"]["subject"])["commonName"] == f"dask-{cid}"
+    # the websocket relay keeps working for plain distributed (positive control of the same cluster)
+    async with Client(model["scheduler_address"], security=hub_security(alice), asynchronous=True, timeout=30) as c:
+        assert await c.submit(sum, [1, 2]) == 3
+
+    # anyone else: the exact refusal, at once (no retries until the timeout)
+    with pytest.raises(HubRefusedFatal, match=r"403 You may not use this cluster\."):
+        await Client(fast, security=hub_security(eve), asynchronous=True, timeout=20)
+    with pytest.raises(FatalCommClosedError, match="needs a hub token"):
+        await Client(fast, asynchronous=True, timeout=20)
+    # the cluster's key goes to owner and admin only, to a token only, and is never cached
+    tls_url = f"{sh.hub.url}services/cmsaf/clusters/{cid}/tls"
+    async with httpx.AsyncClient(timeout=30) as http:
+        mine = await http.get(tls_url, headers={"Authorization": f"token {alice}"})
+        assert mine.status_code == 200 and mine.headers["Cache-Control"] == "no-store"
+        assert "BEGIN CERTIFICATE" in mine.json()["tls_cert"] and "PRIVATE KEY" in mine.json()["tls_key"]
+        theirs = await http.get(tls_url, headers={"Authorization": f"token {eve}"})
+        unknown = await http.get(tls_url.replace(cid, "0000unknown"), headers={"Authorization": f"token {eve}"})
+        assert theirs.status_code == unknown.status_code == 403 and theirs.text == unknown.text
+        assert (await http.get(tls_url)).status_code == 401
+
+    # behind an nginx ingress terminating TLS with the hub's certificate: hubs://, TLS inside TLS
+    nginx, port = await start_nginx(tmp_path / "nginx", sh.hub.url, dev_pki.server_cert, dev_pki.server_key)
+    try:
+        ingress = f"hubs://127.0.0.1:{port}/services/cmsaf/clusters/{cid}/tls"
+        hub_ca = trust(dev_pki.ca_cert)
+        async with Client(ingress, security=hub_security(alice, ssl_context=hub_ca), asynchronous=True,
+                          timeout=30) as client:
+            await roundtrip(client, 20_000_000)
+            assert dict(x[0] for x in scheduler_tls(client)["peercert"]["subject"])["commonName"] == f"dask-{cid}"
+        with pytest.raises(HubRefusedFatal, match=r"403 You may not use this cluster\."):
+            await Client(ingress, security=hub_security(eve, ssl_context=hub_ca), asynchronous=True, timeout=20)
+    finally:
+        nginx.terminate()
+        nginx.wait(30)
+
+    # stopping the cluster closes the fast path too
+    async with sh.client(alice) as api:
+        assert (await api.delete(f"clusters/{cid}")).status_code == 200
+        await sh.wait_status(api, cid, "stopped")
+    with pytest.raises(HubRefusedFatal, match=r"404 This cluster has stopped\."):
+        await Client(fast, security=hub_security(alice), asynchronous=True, timeout=20)
