@@ -26,7 +26,17 @@ from .exchange import (
     merge_exchanged,
     parse_exchange_specs,
 )
-from .identity import claim_groups, normalize_group, safe_username
+from .identity import (
+    Identity,
+    IdentityConflict,
+    UsernameRefused,
+    bound_identity,
+    check_binding,
+    claim_groups,
+    hub_username,
+    normalize_group,
+    safe_username,
+)
 from .jwks import TokenRejected, unverified_claims
 from .provider import DiscoveredOAuthenticator, IAMRefused, JWKSUnavailable
 from .refresh import ConsumedRefreshTokens, RetryableError, SingleFlight, refresh_due, with_backoff
@@ -65,6 +75,18 @@ class IAMAuthenticator(DiscoveredOAuthenticator):
         help="""Refresh when less than this many seconds of access-token life remain (or
         ``refresh_margin_fraction`` of the lifetime, whichever is larger; at most half the lifetime).
         Must exceed ``auth_refresh_age`` so an active user is always checked inside the window.""",
+    )
+    identity_rebinds = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="""Hub users an admin moves to another IAM account: {hub username: new IAM ``sub``}.
+
+        Every hub user is bound to the issuer and ``sub`` of its first login; a later login whose
+        username maps to that user but presents another account is refused (403, logged). An entry
+        here lets exactly the named ``sub`` log in as that user once more and rebinds the user to it
+        (logged as a warning); remove the entry after that login. Example: ``{"alice":
+        "6a1f0c1e-8d0b-4b7e-9a55-2f1f1b7a0a01"}`` after alice's IAM account was recreated.""",
     )
     refresh_margin_fraction = Float(
         0.1, config=True, help="Refresh margin as a fraction of the access token's lifetime (0..0.5)."
@@ -145,8 +167,41 @@ class IAMAuthenticator(DiscoveredOAuthenticator):
             claims.update(info)
         return claims
 
+    def user_info_to_username(self, user_info):
+        """The IAM username, refused (403) unless it already is a hub username (see :func:`hub_username`)."""
+        raw = super().user_info_to_username(user_info)
+        try:
+            return hub_username(raw)
+        except UsernameRefused as e:
+            self.log.warning("Login refused: IAM username %r (sub %s) is not a hub username", raw, user_info.get("sub"))
+            raise web.HTTPError(403, "%s", e) from None
+
     def normalize_username(self, username):
         return super().normalize_username(safe_username(username))
+
+    async def run_post_auth_hook(self, handler, auth_model):
+        """Bind the hub user to the IAM account of its first login; refuse (403) any other account."""
+        user = handler.find_user(auth_model["name"])
+        previous = await user.get_auth_state() if user is not None else None
+        bound = bound_identity(previous, self.user_auth_state_key)
+        presented = Identity.from_claims(auth_model["auth_state"]["identity"])
+        name = auth_model["name"]
+        try:
+            rebound = check_binding(name, bound, presented, self.identity_rebinds.get(name))
+        except IdentityConflict as e:
+            self.log.warning("Login refused: %s", e)
+            raise web.HTTPError(
+                403, "%s",
+                f"The hub user {name} belongs to another IAM account than the one you logged in with. "
+                "If the account is yours after a change in IAM, ask a hub admin to rebind it "
+                "(IAMAuthenticator.identity_rebinds).",
+            ) from None
+        if rebound:
+            self.log.warning("Rebound hub user %s from sub %s to sub %s at %s (identity_rebinds)",
+                             name, bound.subject, presented.subject, presented.issuer)
+        elif bound is None:
+            self.log.info("Bound hub user %s to sub %s at %s", name, presented.subject, presented.issuer)
+        return await super().run_post_auth_hook(handler, auth_model)
 
     async def get_user_groups(self, auth_state: dict):
         """IAM groups from the verified claims (``wlcg.groups``, falling back to ``groups``)."""
@@ -159,6 +214,8 @@ class IAMAuthenticator(DiscoveredOAuthenticator):
         state["access_token_expires_at"] = float(unverified_claims(token_info["access_token"])["exp"])
         state["refresh_token_expires_at"] = refresh_token_expiry(token_info)
         state["exchanged_tokens"] = {}
+        # verified claims (token_to_user): the IAM account this hub user is, or is being, bound to
+        state["identity"] = Identity.from_claims(user_info).as_dict()
         return state
 
     async def update_auth_model(self, auth_model):
@@ -284,6 +341,10 @@ class IAMAuthenticator(DiscoveredOAuthenticator):
                 return still_valid if e.status_code == 503 else False
         if model["name"] != username:
             self.log.warning("Refreshed tokens of %s name another user; a new login is needed", username)
+            return False
+        bound = bound_identity(auth_state, self.user_auth_state_key)
+        if bound is not None and Identity.from_claims(model["auth_state"]["identity"]) != bound:
+            self.log.warning("Refreshed tokens of %s are of another IAM account; a new login is needed", username)
             return False
         if not await self.check_allowed(username, model):
             self.log.warning("%s is no longer in an allowed IAM group; a new login is needed", username)

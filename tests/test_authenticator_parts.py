@@ -16,7 +16,17 @@ from authenticators.exchange import (
     merge_exchanged,
     parse_exchange_specs,
 )
-from authenticators.identity import claim_groups, normalize_group, safe_username
+from authenticators.identity import (
+    Identity,
+    IdentityConflict,
+    UsernameRefused,
+    bound_identity,
+    check_binding,
+    claim_groups,
+    hub_username,
+    normalize_group,
+    safe_username,
+)
 from authenticators.refresh import (
     ConsumedRefreshTokens,
     RetryableError,
@@ -39,6 +49,52 @@ def test_safe_username(raw, name):
 def test_safe_username_refuses_empty():
     with pytest.raises(ValueError, match="no usable characters"):
         safe_username("///")
+
+
+#: IAM usernames that safe_username would all turn into "alice" (issue 17).
+LOOK_ALIKES = ["Alice", "ALICE", "alice.", "-alice", "alice!", "alice ", "alice\u00a0", "\u0430lice", "alice@"]
+
+
+@pytest.mark.parametrize("raw", LOOK_ALIKES + ["///", ""])
+def test_hub_username_refuses_what_normalization_would_change(raw):
+    with pytest.raises(UsernameRefused) as refused:
+        hub_username(raw)
+    assert str(refused.value) == (
+        f"The IAM username {raw!r} cannot be used in this hub: hub usernames are IAM usernames that are "
+        "already lower case, made only of a-z, 0-9, '.', '_' and '-', and neither begin nor end with '.' or '-'."
+    )
+
+
+@pytest.mark.parametrize("name", ["alice", "a", "alice.smith", "bob_2", "x-y", "_svc", "0day"])
+def test_hub_username_is_the_identity_on_hub_usernames(name):
+    assert hub_username(name) == name == safe_username(name)
+
+
+ISS = "https://iam.test/"
+
+
+def test_binding_first_login_binds_same_account_passes_other_account_refused_unless_rebound():
+    alice = Identity(ISS, "sub-alice")
+    assert check_binding("alice", None, alice, None) is False  # first login: binds
+    assert check_binding("alice", alice, alice, None) is False  # the bound account: passes
+    for other in (Identity(ISS, "sub-mallory"), Identity("https://other-iam.test/", "sub-alice")):
+        with pytest.raises(IdentityConflict) as conflict:
+            check_binding("alice", alice, other, None)
+        assert str(conflict.value) == (f"hub user alice is bound to sub-alice at {ISS}, "
+                                       f"the login presented {other.subject} at {other.issuer}")
+        # an admin's rebind names exactly one subject: another one is still refused
+        with pytest.raises(IdentityConflict):
+            check_binding("alice", alice, other, "sub-someone-else")
+    assert check_binding("alice", alice, Identity(ISS, "sub-mallory"), "sub-mallory") is True
+
+
+def test_bound_identity_from_auth_state_or_older_auth_state_claims():
+    assert bound_identity(None, "oauth_user") is None
+    assert bound_identity({"access_token": "x"}, "oauth_user") is None
+    assert bound_identity({"identity": {"iss": ISS, "sub": "s1"}}, "oauth_user") == Identity(ISS, "s1")
+    # auth_state written before bindings existed: the verified claims it kept
+    assert bound_identity({"oauth_user": {"iss": ISS, "sub": "s2", "preferred_username": "a"}},
+                          "oauth_user") == Identity(ISS, "s2")
 
 
 def test_groups_from_wlcg_groups_then_groups_with_leading_slash_normalized():

@@ -269,6 +269,18 @@ async def test_refreshed_tokens_of_another_user_are_refused(idp):
     assert await auth.refresh_user(HubUser("mallory", state)) is False
 
 
+async def test_refreshed_tokens_of_another_iam_account_are_refused(idp):
+    """The hub user is bound to the sub of its first login; a refresh may not swap the account."""
+    auth = authenticator(idp)
+    bound_elsewhere = idp.auth_state_for_login(access_token_expires_at=time.time() + 5,
+                                               identity={"iss": idp.issuer, "sub": "sub-of-the-first-login"})
+    assert await auth.refresh_user(HubUser("alice", bound_elsewhere)) is False
+    bound_here = idp.auth_state_for_login(access_token_expires_at=time.time() + 5,
+                                          identity={"iss": idp.issuer, "sub": "sub-alice"})
+    refreshed = await auth.refresh_user(HubUser("alice", bound_here))
+    assert refreshed["auth_state"]["identity"] == {"iss": idp.issuer, "sub": "sub-alice"}
+
+
 async def test_unreachable_issuer_gives_clear_discovery_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
