@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import socket
+import stat
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +37,73 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now. With SO_REUSEADDR, like the servers that will
+    bind it: connections of a just-stopped server in TIME_WAIT do not count as "in use"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
             return False
         return True
+
+
+def system_user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def create_system_user(name: str) -> bool:
+    """Create the OS account ``name`` (own group, home ``/home/<name>``) unless it exists; needs root.
+
+    Sessions and clusters run as their hub user's OS account. Returns whether it was created (so a
+    caller removes only what it made)."""
+    if system_user_exists(name):
+        return False
+    subprocess.run(
+        ["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", name],
+        check=True, capture_output=True, text=True,
+    )
+    return True
+
+
+def remove_system_user(name: str) -> None:
+    """Remove an OS account made by :func:`create_system_user` and its home (stop its processes first)."""
+    subprocess.run(["userdel", "--remove", "--force", name], check=True, capture_output=True, text=True)
+
+
+def reachable_by_others(path: str) -> bool:
+    """Whether any local user may traverse to and run ``path`` (every parent and the target o+x)."""
+    real = Path(os.path.realpath(path))
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in [real, *real.parents])
+
+
+def shared_python(env_dir: Path) -> str | None:
+    """An interpreter with this environment's packages that every local user can run.
+
+    ``sys.executable`` when it is reachable; otherwise (a venv over a Python under a 0700 home,
+    e.g. pyenv in /root) a venv at ``env_dir`` over the system Python of the same minor version that
+    adds this environment's site-packages. None when neither exists: users then cannot run it.
+    """
+    if reachable_by_others(sys.executable) and reachable_by_others(sys.base_prefix):
+        return sys.executable
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = Path("/usr/bin") / version
+    if not system.exists() or not reachable_by_others(str(system)):
+        return None
+    python = env_dir / "bin" / "python"
+    if not python.exists():
+        subprocess.run([str(system), "-m", "venv", "--without-pip", str(env_dir)], check=True, capture_output=True)
+        site_packages = [p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)]
+        pth = env_dir / "lib" / version / "site-packages" / "cmsaf-hub-shared.pth"
+        pth.write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in site_packages))
+        for path in [env_dir, *env_dir.rglob("*")]:
+            if not path.is_symlink():
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return str(python) if reachable_by_others(str(python)) else None
 
 
 def tail(path: Path, lines: int = 25) -> str:

@@ -1,6 +1,7 @@
 """LocalBackend against real `dask scheduler` / `dask worker` processes."""
 
 import asyncio
+import json
 import os
 import signal
 
@@ -9,7 +10,14 @@ from distributed import Client
 from distributed.security import Security
 
 from cmsaf_hub.service.backends.base import BackendError, ClusterSpec, WorkerPhase
-from cmsaf_hub.service.backends.local import LocalBackend
+from cmsaf_hub.service.backends.local import (
+    Account,
+    LocalBackend,
+    cluster_process_env,
+    environment_python,
+    scheduler_command,
+    worker_command,
+)
 from cmsaf_hub.service.crypto import generate_cluster_tls
 
 
@@ -30,7 +38,8 @@ async def poll_until(backend, spec, predicate, timeout=60):
 
 @pytest.fixture
 async def backend(tmp_path):
-    b = LocalBackend(state_dir=str(tmp_path / "clusters"))
+    # the lifecycle as such; running clusters as their owners is tests/test_isolation_local.py's
+    b = LocalBackend(state_dir=str(tmp_path / "clusters"), same_user=True)
     await b.start()
     yield b
     await b.remove_all_clusters()
@@ -107,7 +116,7 @@ async def test_survives_a_new_backend_instance_and_orphans_are_removed(backend, 
     other = ClusterSpec(id="c2other", owner="bob", options={}, tls=generate_cluster_tls("c2o").as_dict())
     await backend.start_scheduler(other)  # left running: the fixture's remove_all_clusters must stop it
 
-    restarted = LocalBackend(state_dir=backend.state_dir)
+    restarted = LocalBackend(state_dir=backend.state_dir, same_user=True)
     obs = (await restarted.poll([spec]))[spec.id]
     assert obs.scheduler_alive and obs.workers[worker.name].phase in (WorkerPhase.QUEUED, WorkerPhase.RUNNING)
     # queued until the worker's log shows it registered with the scheduler
@@ -123,7 +132,7 @@ async def test_survives_a_new_backend_instance_and_orphans_are_removed(backend, 
 
 
 async def test_scheduler_that_cannot_start_is_a_clear_error(backend):
-    bad = LocalBackend(state_dir=backend.state_dir, python="/bin/false")
+    bad = LocalBackend(state_dir=backend.state_dir, python="/bin/false", same_user=True)
     spec = ClusterSpec(id="c3broken", owner="eve", options={}, tls=generate_cluster_tls("c3").as_dict())
     with pytest.raises(BackendError, match="the scheduler exited while starting") as err:
         await bad.start_scheduler(spec)
@@ -134,11 +143,83 @@ async def test_scheduler_that_cannot_start_is_a_clear_error(backend):
         await bad.logs(ClusterSpec(id="../etc", owner="eve", options={}))
 
 
-def test_scheduler_listener_host_is_configurable_and_dashboard_stays_on_loopback():
-    from cmsaf_hub.service.backends.local import scheduler_command
+def spec_opts(cmd: list[str]) -> dict:
+    assert cmd[1:4] == ["-m", "distributed.cli.dask_spec", "--spec"]
+    spec = json.loads(cmd[4])
+    assert spec["cls"] == "cmsaf_hub.service.backends.local_preload.ClientCertScheduler"
+    return spec["opts"]
 
-    cmd = scheduler_command("/py", "/services/cmsaf/clusters/c1/dashboard", host="0.0.0.0")
-    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
-    assert cmd[cmd.index("--dashboard-address") + 1] == "127.0.0.1:0"
-    assert cmd[cmd.index("--dashboard-prefix") + 1] == "/services/cmsaf/clusters/c1/dashboard"
-    assert scheduler_command("/py")[scheduler_command("/py").index("--host") + 1] == "127.0.0.1"
+
+def test_scheduler_listener_host_is_configurable_and_dashboard_stays_on_loopback():
+    opts = spec_opts(scheduler_command("/py", "/st/c1/run", "/services/cmsaf/clusters/c1/dashboard", host="0.0.0.0"))
+    assert opts["host"] == "0.0.0.0"
+    assert opts["dashboard_address"] == "127.0.0.1:0"
+    assert opts["http_prefix"] == "/services/cmsaf/clusters/c1/dashboard"
+    assert opts["security"] == {
+        "tls_ca_file": "/st/c1/run/tls.pem", "tls_scheduler_cert": "/st/c1/run/tls.pem",
+        "tls_scheduler_key": "/st/c1/run/tls.key", "require_encryption": True,
+    }
+    assert spec_opts(scheduler_command("/py", "/r"))["host"] == "127.0.0.1"
+    assert "http_prefix" not in spec_opts(scheduler_command("/py", "/r"))
+
+
+def test_workers_run_under_a_nanny_with_the_memory_limit_and_loopback_https():
+    cmd = worker_command("/env/bin/python", "tls://127.0.0.1:1", "w1", {"cores": 2, "memory": 1.5}, "/st/c1/run")
+    assert cmd[:4] == ["/env/bin/python", "-m", "distributed.cli.dask_worker", "tls://127.0.0.1:1"]
+    assert "--nanny" in cmd and "--no-nanny" not in cmd
+    assert cmd[cmd.index("--memory-limit") + 1] == str(int(1.5 * 2**30))
+    assert cmd[cmd.index("--nthreads") + 1] == "2"
+    assert cmd[cmd.index("--worker-class") + 1] == "cmsaf_hub.service.backends.local_preload.ClientCertWorker"
+    assert cmd[cmd.index("--dashboard-address") + 1] == "127.0.0.1:0"  # not distributed's 0.0.0.0
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--local-directory") + 1] == "/st/c1/run/workers/w1"
+
+
+ACCOUNT = Account("alice", 1501, 1501, (1501,), "/home/alice", "/bin/bash")
+
+
+def test_cluster_environment_is_built_from_the_allowlist_only():
+    service_env = {
+        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "USER": "root",
+        "JUPYTERHUB_API_TOKEN": "service-token", "CMSAF_SERVICE_CRYPT_KEY": "k", "CMSAF_SERVICE_CRYPT_KEY_FILE": "/k",
+        "JUPYTERHUB_CRYPT_KEY": "hk", "CMSAF_IAM_CLIENT_SECRET": "cs", "PYTHONPATH": "/repo",
+    }
+    env = cluster_process_env(
+        service_env, inherit=LocalBackend().inherit_env, account=ACCOUNT, python="/envs/coffea/bin/python",
+        token_dir="/st/c1/run/tokens", bearer_token_file="/st/c1/run/tokens/xrootd.token",
+        cluster_env={"CMSAF_XCACHE_URL": "root://cache:1094"},
+    )
+    assert env == {
+        "PATH": "/envs/coffea/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/home/alice", "USER": "alice", "LOGNAME": "alice", "SHELL": "/bin/bash",
+        "CMSAF_TOKEN_DIR": "/st/c1/run/tokens", "BEARER_TOKEN_FILE": "/st/c1/run/tokens/xrootd.token",
+        "CMSAF_XCACHE_URL": "root://cache:1094",
+    }
+
+
+def test_the_image_option_picks_an_admin_listed_environment():
+    envs = {"coffea": "/opt/envs/coffea", "py": "/opt/py/bin/python3.11"}
+    assert environment_python(None, "/venv/bin/python", envs) == "/venv/bin/python"
+    assert environment_python("coffea", "/venv/bin/python", envs) == "/opt/envs/coffea/bin/python"
+    assert environment_python("py", "/venv/bin/python", envs) == "/opt/py/bin/python3.11"
+    with pytest.raises(BackendError, match=r"environment 'root' is not offered by this facility \(offered: 'coffea', 'py'\)"):
+        environment_python("root", "/venv/bin/python", envs)
+
+
+async def test_a_hub_user_without_an_os_account_is_a_clear_error(tmp_path):
+    """Isolation is the default: no OS account, no cluster (and never the service's own user)."""
+    isolated = LocalBackend(state_dir=str(tmp_path / "clusters"))
+    spec = ClusterSpec(id="c5nouser", owner="no-such-user-cmsaf", options={}, tls=generate_cluster_tls("c5").as_dict())
+    expected = (r"hub user 'no-such-user-cmsaf' has no OS account 'no-such-user-cmsaf'" if os.geteuid() == 0
+                else "the service is not running as root")
+    with pytest.raises(BackendError, match=expected):
+        await isolated.start_scheduler(spec)
+    assert not (tmp_path / "clusters" / spec.id).exists()
+    # positive control: the same spec starts in the explicit same-user mode
+    same = LocalBackend(state_dir=str(tmp_path / "clusters"), same_user=True)
+    try:
+        info = await same.start_scheduler(spec)
+        assert info.dashboard_address.startswith("https://127.0.0.1:")
+    finally:
+        await same.remove_all_clusters()
