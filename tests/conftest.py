@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite: the dev CA, the dev IAM and real hubs, all on loopback.
 
-Every process a fixture starts is stopped when the test ends, also when it fails.
+Every process a fixture starts is stopped when the test ends, also when it fails. A skip fails the
+run unless tests/skip_policy.py allows it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest_asyncio
 from devstack.iam import DevIAM
 from devstack.pki import DevPKI, ensure_dev_pki
 from devstack.hubs import RunningHub, launch_hub, shutdown_hub
+from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
 
 
 @pytest.fixture(scope="session")

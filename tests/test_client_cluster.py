@@ -128,10 +128,10 @@ def scheduler_in_thread():
 
 
 async def test_live_widget_follows_worker_progress(server, scheduler):
-    ipywidgets = pytest.importorskip("ipywidgets", reason="the live widget needs ipywidgets")
     import asyncio
 
     import dask.config
+    import ipywidgets
 
     base = dict(scheduler_address=scheduler.address)
     server.routes[("GET", API + "clusters/c6")] = (200, running("c6", scheduler))

@@ -86,16 +86,15 @@ def test_password_hidden_in_repr():
     assert "hunter2" not in repr(Store("postgresql://svc:hunter2@db.example/cmsaf"))
 
 
-def _postgres_tools():
+def postgres_tool(name: str) -> str:
+    """A PostgreSQL server program: on PATH, or where Debian's ``postgresql`` package puts it."""
+    import glob
     import shutil
 
-    return all(shutil.which(t) for t in ("initdb", "pg_ctl")) and _has_psycopg()
-
-
-def _has_psycopg() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("psycopg") is not None
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if found is None:
+        pytest.fail(f"PostgreSQL's {name} is missing: install Debian's postgresql package (.ci/run does)")
+    return found
 
 
 @pytest.fixture
@@ -105,20 +104,17 @@ def postgres_url():
     import shutil
     import socket
     import subprocess
-
-    if not _postgres_tools():
-        pytest.skip("PostgreSQL (initdb, pg_ctl) or psycopg is not installed")
     import tempfile
     from pathlib import Path
 
+    initdb, pg_ctl = postgres_tool("initdb"), postgres_tool("pg_ctl")
     as_user = []
     # outside pytest's 0700 tree, so that the postgres user can reach it
     root = Path(tempfile.mkdtemp(prefix="cmsaf-pg-"))
     data = root / "pgdata"
     data.mkdir()
     if os.geteuid() == 0:
-        if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser: PostgreSQL refuses to run as root")
+        # PostgreSQL refuses to run as root; Debian's package creates the postgres user
         as_user = ["runuser", "-u", "postgres", "--"]
         root.chmod(0o755)
         shutil.chown(data, "postgres")
@@ -126,12 +122,12 @@ def postgres_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)  # noqa: E731
-    run("initdb", "-D", str(data), "--auth=trust", "-U", "postgres")
-    run("pg_ctl", "-D", str(data), "-w", "-o", f"-p {port} -k {data} -h 127.0.0.1", "-l", str(data / "log"), "start")
+    run(initdb, "-D", str(data), "--auth=trust", "-U", "postgres")
+    run(pg_ctl, "-D", str(data), "-w", "-o", f"-p {port} -k {data} -h 127.0.0.1", "-l", str(data / "log"), "start")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        run("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
 
 
