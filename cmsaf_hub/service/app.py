@@ -26,8 +26,10 @@ from .api import clusters as cluster_api
 from .api import misc
 from .api.base import APIError
 from .backends.base import Backend
+from .broker import Broker, broker_handlers
 from .backends.local import LocalBackend
 from .cluster_tokens import ClusterTokenKeeper
+from ..comm import CREDENTIAL_ENV
 from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys
 from .forwarder import ClusterState, Target, fast_address, forwarder_handlers, hash_credential
 from .hubapi import HubAPI, HubAPIError
@@ -52,7 +54,7 @@ class CmsafService(Application):
 
     name = "cmsaf-service"
     description = __doc__
-    classes = [Reconciler, Limits, ClusterOptions, LocalBackend]
+    classes = [Reconciler, Limits, ClusterOptions, LocalBackend, Broker]
     aliases = {
         "config": "CmsafService.config_file",
         "db-url": "CmsafService.db_url",
@@ -168,7 +170,10 @@ class CmsafService(Application):
             tokens_provider=self.owner_tokens if self.backend_tokens else None,
             token_keeper=ClusterTokenKeeper(parent=self, tokens_provider=self.owner_tokens) if self.backend_tokens else None,
         )
-        self.reconciler.env_hook = lambda record: dict(self.cluster_env)
+        # the credential lets schedulers and facility workers reach brokered (hubrev://) workers;
+        # HTCondor keeps it out of job ads (names saying CREDENTIAL never enter a job's environment)
+        self.reconciler.env_hook = lambda record: {**self.cluster_env, CREDENTIAL_ENV: self.worker_credential(record.id)}
+        self.broker = Broker(parent=self)
         self.reconciler.dashboard_prefix_hook = self.dashboard_prefix
         self._ssl_contexts: dict[str, tuple[ssl.SSLContext, tuple[str, str]]] = {}
         self._model_json: dict[str, str] = {}
@@ -275,6 +280,7 @@ class CmsafService(Application):
             (api + "metrics", misc.MetricsHandler, kw),
             (api + "openapi.json", misc.OpenAPIHandler, kw),
             *forwarder_handlers(self.service_prefix, self.forwarder_target, self.hub_auth, parent=self),
+            *broker_handlers(self.service_prefix, self.forwarder_target, self.hub_auth, broker=self.broker),
             (api + ".*", misc.NotFoundHandler, kw),
         ]
 
