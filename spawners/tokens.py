@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
 
 #: A token name becomes a file name ``<name>.token``: keep it to a safe, boring alphabet.
 TOKEN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -138,6 +139,8 @@ class SessionSettings:
     dask_factory_module: str = "cmsaf_hub.client"
     dask_factory_class: str = "HubCluster"
     dask_security_loader: str = "cmsaf_hub.client.security.security_loader"
+    #: Port of the service's dask-gateway scheduler proxy on the service URL's host (docs/dask-gateway.md).
+    dask_gateway_proxy_port: int = 8786
 
 
 def choose_bearer_token(token_names: Iterable[str], configured: str = "") -> str | None:
@@ -179,7 +182,20 @@ def session_env(settings: SessionSettings, token_names: Iterable[str]) -> dict[s
         "DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": settings.dask_security_loader,
     }
     env.update({key: value for key, value in optional.items() if value})
+    if settings.service_url:
+        env.update(dask_gateway_env(settings.service_url, settings.dask_gateway_proxy_port))
     return env
+
+
+def dask_gateway_env(service_url: str, proxy_port: int) -> dict[str, str]:
+    """Dask config with which ``dask_gateway.Gateway()``, given no arguments, uses this facility."""
+    base = service_url.rstrip("/")
+    return {
+        "DASK_GATEWAY__ADDRESS": base + "/gateway",
+        "DASK_GATEWAY__PUBLIC_ADDRESS": base,
+        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{urlsplit(base).hostname}:{proxy_port}",
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+    }
 
 
 def token_path(token_dir: str, name: str) -> str:

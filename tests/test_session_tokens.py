@@ -160,6 +160,10 @@ def test_session_env_full():
         "DASK_LABEXTENSION__FACTORY__MODULE": "cmsaf_hub.client",
         "DASK_LABEXTENSION__FACTORY__CLASS": "HubCluster",
         "DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER": "cmsaf_hub.client.security.security_loader",
+        "DASK_GATEWAY__ADDRESS": "http://127.0.0.1:8000/services/cmsaf/gateway",
+        "DASK_GATEWAY__PUBLIC_ADDRESS": "http://127.0.0.1:8000/services/cmsaf",
+        "DASK_GATEWAY__PROXY_ADDRESS": "gateway://127.0.0.1:8786",
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
     }
 
 

@@ -31,6 +31,7 @@ from .backends.local import LocalBackend
 from .cluster_tokens import ClusterTokenKeeper
 from ..comm import CREDENTIAL_ENV
 from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys
+from .gateway import DaskGateway, SNIPassthrough, gateway_api_handlers
 from .forwarder import ClusterState, Target, fast_address, forwarder_handlers, hash_credential
 from .hubapi import HubAPI, HubAPIError
 from .metrics import ServiceMetrics
@@ -54,7 +55,7 @@ class CmsafService(Application):
 
     name = "cmsaf-service"
     description = __doc__
-    classes = [Reconciler, Limits, ClusterOptions, LocalBackend, Broker]
+    classes = [Reconciler, Limits, ClusterOptions, LocalBackend, DaskGateway, Broker]
     aliases = {
         "config": "CmsafService.config_file",
         "db-url": "CmsafService.db_url",
@@ -175,6 +176,8 @@ class CmsafService(Application):
         self.reconciler.env_hook = lambda record: {**self.cluster_env, CREDENTIAL_ENV: self.worker_credential(record.id)}
         self.broker = Broker(parent=self)
         self.reconciler.dashboard_prefix_hook = self.dashboard_prefix
+        self.gateway = DaskGateway(parent=self)
+        self.gateway_proxy: SNIPassthrough | None = None
         self._ssl_contexts: dict[str, tuple[ssl.SSLContext, tuple[str, str]]] = {}
         self._model_json: dict[str, str] = {}
         self.store.listeners.append(lambda cluster_id: self._model_json.pop(cluster_id, None))
@@ -259,6 +262,11 @@ class CmsafService(Application):
             tls_pem=tls_pem,
         )
 
+    async def gateway_scheduler_address(self, cluster_id: str) -> str | None:
+        """Where dask-gateway's scheduler proxy splices a cluster's connections (running clusters only)."""
+        record = self.store.get(cluster_id)
+        return record.scheduler_address if record is not None and record.status is ClusterStatus.RUNNING else None
+
     # -- web ---------------------------------------------------------------------------------------
 
     def web_handlers(self) -> list[tuple]:
@@ -281,6 +289,7 @@ class CmsafService(Application):
             (api + "openapi.json", misc.OpenAPIHandler, kw),
             *forwarder_handlers(self.service_prefix, self.forwarder_target, self.hub_auth, parent=self),
             *broker_handlers(self.service_prefix, self.forwarder_target, self.hub_auth, broker=self.broker),
+            *(gateway_api_handlers(self.service_prefix, self, self.gateway) if self.gateway.enabled else []),
             (api + ".*", misc.NotFoundHandler, kw),
         ]
 
@@ -330,6 +339,12 @@ class CmsafService(Application):
         url = urlparse(self.bind_url)
         self.http_server = HTTPServer(self.make_web_app(), xheaders=True, max_body_size=4 * self.max_request_body)
         self.http_server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        if self.gateway.enabled and self.gateway.proxy_listen:
+            host, _, port = self.gateway.proxy_listen.rpartition(":")
+            self.gateway_proxy = SNIPassthrough(self.gateway_scheduler_address, log=self.log,
+                                                handshake_timeout=self.gateway.handshake_timeout)
+            self.gateway_proxy.listen(int(port), host.strip("[]") or "")
+            self.log.info("dask-gateway scheduler proxy (TLS passthrough by SNI) on %s", self.gateway.proxy_listen)
         self._tasks.append(asyncio.create_task(self._owner_loop(), name="owner-check"))
         self.log.info(
             "cmsaf service on %s%s (backend %s, %d clusters known)",
@@ -339,6 +354,8 @@ class CmsafService(Application):
     async def stop_service(self) -> None:
         """Stop serving; clusters keep running (they are re-adopted on the next start)."""
         self.http_server.stop()
+        if self.gateway_proxy is not None:
+            self.gateway_proxy.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
