@@ -61,18 +61,26 @@ async def test_a_scale_request_is_one_batched_submit_as_the_owner_without_secret
     workers = await backend.submit_workers(spec(site="T2_BA"), 100)
 
     [submit] = calls(backend)
-    schedd, desc, count, files = submit["args"]
-    assert (schedd, count) == ("schedd@pool", 100)
+    assert submit["method"] == "submit_sharing_inputs"
+    schedd, inputs, desc, count, files, reuse = submit["args"]
+    assert (schedd, count, reuse) == ("schedd@pool", 100, None)
     assert files == ["condor.token", "dask-tls.crt", "dask-tls.key", "xrootd.token"]
+    # the input files are spooled once, into a job that never runs, for the whole batch
+    assert inputs["MY.CmsafRole"] == '"inputs"' and inputs["requirements"] == "false"
+    assert inputs["transfer_input_files"] == desc["transfer_input_files"] == "condor.token,xrootd.token,dask-tls.crt,dask-tls.key"
+    assert inputs["MY.CmsafCluster"] == desc["MY.CmsafCluster"]
     assert submit["token"] == TOKENS["alice"]["condor"]
     assert desc["MY.CmsafCluster"] == '"c1"' and desc["MY.CmsafOwner"] == '"alice"' and desc["MY.CmsafRole"] == '"worker"'
     assert desc["requirements"] == '(TARGET.SiteName == "T2_BA")'
     assert "tls://10.0.0.5:8786" in desc["arguments"]
     assert 'BEARER_TOKEN_FILE=""$_CONDOR_SCRATCH_DIR/xrootd.token""' in desc["arguments"]
-    assert [w.name for w in workers] == [f"100.{i}" for i in range(100)]
-    assert workers[7].backend_state == {"job": "100.7"}
+    assert [w.name for w in workers] == [f"101.{i}" for i in range(100)]
+    assert workers[7].backend_state == {"job": "101.7"}
+    # a second batch with the same files reuses the spooled ones: nothing is spooled again
+    more = await backend.submit_workers(spec(site="T2_BA"), 2)
+    assert calls(backend)[-1]["args"][5] == ["100.0", "/spool/100.0"] and [w.name for w in more] == ["102.0", "102.1"]
     # no secret in any submit command, nor in the logs
-    text = json.dumps(desc)
+    text = json.dumps(desc) + json.dumps(inputs)
     assert not [s for s in SECRETS if s in text]
     assert not [s for s in SECRETS if s in caplog.text]
 
@@ -80,14 +88,14 @@ async def test_a_scale_request_is_one_batched_submit_as_the_owner_without_secret
 async def test_interleaved_users_each_submit_with_their_own_identity(backend):
     for owner in ["alice", "bob", "alice", "bob"]:
         await backend.submit_workers(spec(f"c-{owner}", owner), 2)
-    submits = calls(backend, "submit")
-    assert [(c["args"][1]["MY.CmsafOwner"], c["token"]) for c in submits] == [
+    submits = calls(backend, "submit_sharing_inputs")
+    assert [(c["args"][2]["MY.CmsafOwner"], c["token"]) for c in submits] == [
         ('"alice"', TOKENS["alice"]["condor"]), ('"bob"', TOKENS["bob"]["condor"]),
         ('"alice"', TOKENS["alice"]["condor"]), ('"bob"', TOKENS["bob"]["condor"]),
     ]
-    pids = {c["args"][1]["MY.CmsafOwner"]: set() for c in submits}
+    pids = {c["args"][2]["MY.CmsafOwner"]: set() for c in submits}
     for c in submits:
-        pids[c["args"][1]["MY.CmsafOwner"]].add(c["pid"])
+        pids[c["args"][2]["MY.CmsafOwner"]].add(c["pid"])
     assert all(len(p) == 1 for p in pids.values()) and pids['"alice"'] != pids['"bob"']
 
 
@@ -126,7 +134,7 @@ async def test_image_and_site_are_checked_before_anything_is_submitted(backend):
         await backend.submit_workers(spec(site="T3_NOWHERE"), 1)
     await backend.submit_workers(spec(image="registry.cern.ch/cms/coffea:1"), 1)
     [submit] = calls(backend)
-    assert submit["args"][1]["MY.SingularityImage"] == '"registry.cern.ch/cms/coffea:1"'
+    assert submit["args"][2]["MY.SingularityImage"] == '"registry.cern.ch/cms/coffea:1"'
 
 
 @pytest.mark.parametrize("message, expected, retryable", [
@@ -135,7 +143,7 @@ async def test_image_and_site_are_checked_before_anything_is_submitted(backend):
     ("Failed to connect to schedd", "HTCondor schedd unreachable while submitting jobs: ", True),
 ])
 async def test_htcondor_errors_become_backend_errors_with_the_htcondor_message(backend, message, expected, retryable):
-    write_script(backend.record_dir, fail={"submit": message})
+    write_script(backend.record_dir, fail={"submit_sharing_inputs": message})
     with pytest.raises(BackendError) as info:
         await backend.submit_workers(spec(), 3)
     assert str(info.value) == expected + "RuntimeError: " + message
@@ -259,29 +267,51 @@ async def test_least_loaded_schedd_is_chosen_through_the_collector(backend):
     assert least_loaded_schedd([]) is None
 
 
-async def test_restart_lists_clusters_and_removes_orphans_as_their_owner_when_known(backend):
-    write_script(backend.record_dir, fake_queue=True)
-    await backend.submit_workers(spec("gone", "alice"), 2)  # jobs 100.0, 100.1
-    await backend.submit_workers(spec("lost", "bob"), 1)  # 101.0
-    await backend.submit_workers(spec("alive", "bob"), 1)  # 102.0
+IDENTITIES = {TOKENS["alice"]["condor"]: "alice", TOKENS["bob"]["condor"]: "bob",
+              "jwt-of-the-read-only-service": "cmsafsvc"}
+
+
+def queue_state(backend) -> dict[str, int]:
+    """JobStatus of every job in the double's queue and history (removed jobs reach the history later)."""
+    state = json.loads((backend.record_dir / "queue.json").read_text())
+    return {jid: job["JobStatus"] for jid, job in {**state["history"], **state["jobs"]}.items()}
+
+
+async def test_restart_removes_orphans_as_their_owner_and_retries_what_the_schedd_refused(backend):
+    write_script(backend.record_dir, fake_queue=True, identities=IDENTITIES)
+    await backend.submit_workers(spec("gone", "alice"), 2)  # inputs job 100.0, workers 101.0, 101.1
+    await backend.submit_workers(spec("lost", "bob"), 1)  # 102.0, 103.0
+    await backend.submit_workers(spec("alive", "bob"), 1)  # 104.0, 105.0
     await backend.close()
     await backend.start()  # a service restart: no owner's token is known any more
 
     assert await backend.list_cluster_ids() == {"gone", "lost", "alive"}
     listing = calls(backend, "query")[0]
-    assert listing["args"][1] == "CmsafCluster =!= undefined" and listing["token"] == "jwt-of-the-read-only-service"
+    assert listing["args"][1] == "(CmsafCluster =!= undefined) && JobStatus != 3"
+    assert listing["token"] == "jwt-of-the-read-only-service"
     await backend.submit_workers(spec("other", "alice"), 1)  # alice's token is seen again
     await backend.remove_cluster_resources("gone")
-    await backend.remove_cluster_resources("lost")
-    gone, lost = calls(backend, "act")
-    assert gone["args"] == ["schedd@pool", "Remove", ["100.0", "100.1"], "cmsaf: orphaned cluster"]
+    gone = calls(backend, "act")[-1]
+    assert gone["args"] == ["schedd@pool", "Remove", ["100.0", "101.0", "101.1"], "cmsaf: orphaned cluster"]
     assert gone["token"] == TOKENS["alice"]["condor"]
-    assert lost["args"][2] == ["101.0"] and lost["token"] == "jwt-of-the-read-only-service"  # bob is unknown
+    # bob's token is unknown: the service identity asks, and the schedd refuses another user's jobs
+    with pytest.raises(BackendError, match=r"^HTCondor removed 0 of 2 jobs \(2 permission denied\) of orphaned cluster lost$"):
+        await backend.remove_cluster_resources("lost")
+    assert calls(backend, "act")[-1]["token"] == "jwt-of-the-read-only-service"
+    assert queue_state(backend)["102.0"] != 3 and queue_state(backend)["103.0"] != 3  # still there
+    # the next poll retries, as bob now that the service can provide his token
+    async def provider(owner):
+        return dict(TOKENS[owner])
+
+    backend.tokens_provider = provider
+    await backend.poll([spec("alive", "bob", tokens=False)])
+    retried = calls(backend, "act")[-1]
+    assert retried["args"][2] == ["102.0", "103.0"] and retried["token"] == TOKENS["bob"]["condor"]
     await backend.remove_cluster_resources("never-seen")  # nothing queued: nothing to remove
-    assert len(calls(backend, "act")) == 2
-    queue = json.loads((backend.record_dir / "queue.json").read_text())
-    assert {jid: job["JobStatus"] for jid, job in queue.items()} == {
-        "100.0": 3, "100.1": 3, "101.0": 3, "102.0": 2, "103.0": 2}
+    assert len(calls(backend, "act")) == 3
+    jobs = queue_state(backend)
+    assert sorted(jid for jid, status in jobs.items() if status == 3) == ["100.0", "101.0", "101.1", "102.0", "103.0"]
+    assert sorted(jobs) == ["100.0", "101.0", "101.1", "102.0", "103.0", "104.0", "105.0", "106.0", "107.0"]
 
 
 @pytest.mark.slow
@@ -293,7 +323,7 @@ async def test_service_placement_runs_the_local_backends_scheduler_beside_the_se
     record.mkdir()
     b = HTCondorBackend(scheduler_placement="service", schedd_name="schedd@pool", state_dir=str(tmp_path / "state"),
                         seam_factory=functools.partial(RecordingSeam, str(record)))
-    b.scheduler_backend = LocalBackend(state_dir=str(tmp_path / "local"))
+    b.scheduler_backend = LocalBackend(state_dir=str(tmp_path / "local"), same_user=True)  # no OS users here
     await b.start()
     try:
         cluster = spec("svc")
@@ -305,8 +335,8 @@ async def test_service_placement_runs_the_local_backends_scheduler_beside_the_se
         assert state["ws_address"].startswith("wss://127.0.0.1:")  # what the hub's relay needs, unchanged
         cluster.backend_state = dict(state)
         await b.submit_workers(cluster, 2)
-        [submit] = [c for c in recorded_calls(record) if c["method"] == "submit"]
-        assert info.address in submit["args"][1]["arguments"]
+        [submit] = [c for c in recorded_calls(record) if c["method"] == "submit_sharing_inputs"]
+        assert info.address in submit["args"][2]["arguments"]
         assert (await b.poll([cluster]))["svc"].scheduler_alive
         write_script(record, query=[queue_ad("100.0", 2, "svc")])
         await b.stop_cluster(spec("svc", tokens=False, state=state))

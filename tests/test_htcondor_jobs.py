@@ -23,14 +23,23 @@ from cmsaf_hub.service.backends.condor_jobs import (
     bearer_token_name,
     cluster_constraint,
     find_secret,
+    inputs_description,
+    job_environment,
     quote_arguments,
+    reading_inputs_of,
     quote_environment,
     sandbox_files,
     scheduler_description,
     worker_description,
 )
 from cmsaf_hub.service.backends.condor_scheduler_preload import published_attributes
-from cmsaf_hub.service.backends.condor_status import history_constraint, missing_jobs, observe
+from cmsaf_hub.service.backends.condor_status import (
+    act_shortfall,
+    history_constraint,
+    missing_jobs,
+    observe,
+    unused_inputs_jobs,
+)
 from cmsaf_hub.service.backends.htcondor import PRELOAD_SOURCE
 from cmsaf_hub.service.crypto import generate_cluster_tls
 from cmsaf_hub.service.token_push import push_tokens
@@ -206,6 +215,86 @@ def test_observations_cover_every_status_history_and_held_limit():
     assert c1.scheduler_alive is True
     c2 = result.clusters["c2"]
     assert (c2.scheduler_alive, c2.scheduler_reason, c2.workers) == (False, "scheduler job left the queue", {})
+
+
+def test_the_spooling_hold_is_queued_and_a_real_hold_replacing_it_is_held():
+    spooling = dict(HoldReason="Spooling input data files", HoldReasonCode=16, HoldReasonSubCode=0,
+                    EnteredCurrentStatus=0)
+    known = {"c1": {"5.0": {}}}
+    # held by the schedd while it receives the input files, far longer than the held limit: queued
+    result = observe(known, [ad("5.0", 5, **spooling)], [], now=10_000, held_limit=60, scheduler_in_queue=False)
+    assert (result.clusters["c1"].workers["5.0"].phase, result.remove_held) == (WorkerPhase.QUEUED, {})
+    # the next look shows a real hold (same status, another code): held, with HTCondor's reason
+    real = dict(spooling, HoldReasonCode=13, HoldReasonSubCode=2, EnteredCurrentStatus=9_990,
+                HoldReason="Transfer input files failure at access point: reading from file /s/condor.token")
+    result = observe(known, [ad("5.0", 5, **real)], [], now=10_000, held_limit=60, scheduler_in_queue=False)
+    w = result.clusters["c1"].workers["5.0"]
+    assert (w.phase, w.reason) == (WorkerPhase.HELD, real["HoldReason"])
+    # a scheduler job in its spooling hold is not alive yet, and not failed either
+    sched = observe({"c1": {}}, [ad("4.0", 5, role="scheduler", **spooling)], [], now=0, held_limit=0,
+                    scheduler_in_queue=True).clusters["c1"]
+    assert (sched.scheduler_alive, sched.scheduler_reason) == (False, "scheduler job is queued")
+
+
+def test_removed_jobs_lingering_in_the_queue_are_judged_by_their_remove_reason():
+    known = {"c1": {"5.0": {}, "5.1": {}}}
+    queue = [ad("5.0", 3, RemoveReason="cmsaf: scaled down"), ad("5.1", 3, RemoveReason="via condor_rm (by user bob)")]
+    workers = observe(known, queue, [], now=0, held_limit=0, scheduler_in_queue=False).clusters["c1"].workers
+    assert {n: (w.phase, w.reason) for n, w in workers.items()} == {
+        "5.0": (WorkerPhase.EXITED, None), "5.1": (WorkerPhase.FAILED, "removed by HTCondor: via condor_rm (by user bob)")}
+
+
+def test_act_totals_say_what_a_removal_did_not_do():
+    ids = ["5.0", "5.1", "5.2"]
+    assert act_shortfall({"TotalSuccess": 2, "TotalAlreadyDone": 1}, ids) is None
+    assert act_shortfall({"TotalSuccess": 1, "TotalNotFound": 2}, ids) is None  # gone already
+    assert act_shortfall({"TotalSuccess": 1, "TotalPermissionDenied": 2}, ids) == (
+        "HTCondor removed 1 of 3 jobs (2 permission denied)")
+    assert act_shortfall({}, ids) == "HTCondor removed 0 of 3 jobs"  # nothing matched, nothing said
+    assert act_shortfall({"TotalBadStatus": 1, "TotalError": 2}, ids) == (
+        "HTCondor removed 0 of 3 jobs (1 in a state that cannot be removed, 2 failed)")
+
+
+def test_unused_inputs_jobs_go_after_a_grace_period_the_latest_stays():
+    queue = [ad("1.0", 1, role="inputs", QDate=0), ad("2.0", 1, CmsafInputs="1.0"),  # in use
+             ad("3.0", 1, role="inputs", QDate=0),  # unused, old: goes
+             ad("4.0", 1, role="inputs", QDate=950),  # unused but recent: its workers may be on their way
+             ad("5.0", 1, role="inputs", QDate=0),  # unused, old, but the cluster's latest: stays
+             ad("6.0", 3, role="inputs", QDate=0), ad("7.0", 3, CmsafInputs="3.0")]
+    assert unused_inputs_jobs(queue, ["5.0"], now=1000, grace=600) == ["3.0"]
+
+
+def test_the_inputs_job_never_runs_and_carries_the_workers_files_and_cluster():
+    worker = build()
+    inputs = inputs_description(worker)
+    assert inputs == {
+        "transfer_input_files": worker["transfer_input_files"], "encrypt_input_files": worker["encrypt_input_files"],
+        "batch_name": "dask-c0ffee", "MY.CmsafCluster": '"c0ffee"', "MY.CmsafOwner": '"alice"',
+        "universe": "vanilla", "executable": "/bin/true", "transfer_executable": "false",
+        "should_transfer_files": "YES", "transfer_output_files": '""', "requirements": "false",
+        "request_cpus": "1", "request_memory": "1", "request_disk": "1", "leave_in_queue": "false",
+        "MY.CmsafRole": '"inputs"'}
+    htcondor2.Submit(inputs)
+    reading = reading_inputs_of(worker, "41.0", "/var/lib/condor/spool/41/0/cluster41.proc0.subproc0")
+    assert reading == {**worker, "initialdir": "/var/lib/condor/spool/41/0/cluster41.proc0.subproc0",
+                       "MY.CmsafInputs": '"41.0"'}
+
+
+def test_job_environments_are_built_from_the_allowlist_only():
+    service_env = {
+        "DASK_DISTRIBUTED__WORKER__MEMORY__TARGET": "0.8", "OMP_NUM_THREADS": "1", "TZ": "UTC", "XRD_LOGLEVEL": "Info",
+        "CMSAF_CRYPT_KEY": "k", "JUPYTERHUB_API_TOKEN": "t", "CMSAF_CLIENT_SECRET": "s", "IAM_REFRESH_TOKEN": "r",
+        "IAM_ID_TOKEN": "i", "DASK_GATEWAY__AUTH__TOKEN": "g", "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": "/k",
+        "BEARER_TOKEN": "b", "PATH": "/usr/bin", "HOME": "/root", "CMSAF_TOKEN_DIR": "/tmp/x", "OAUTH_CLIENT_SECRET": "c",
+    }
+    kept, dropped = job_environment(service_env)
+    assert kept == {"DASK_DISTRIBUTED__WORKER__MEMORY__TARGET": "0.8", "OMP_NUM_THREADS": "1", "TZ": "UTC",
+                    "XRD_LOGLEVEL": "Info"}
+    assert set(dropped) == set(service_env) - set(kept)
+    assert job_environment({"A": "1", "AB": "2", "B": "3"}, ["A", "B*"]) == ({"A": "1", "B": "3"}, ["AB"])
+    with pytest.raises(JobShapeError, match="getenv would copy the service's environment into jobs"):
+        build(JobShape(extra_directives={"getenv": "True"}))
+    assert "getenv" not in build()
 
 
 def test_a_job_gone_from_queue_and_history_is_failed():

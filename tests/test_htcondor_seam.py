@@ -9,6 +9,8 @@ from a script file the test writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import fcntl
 import functools
 import json
@@ -18,13 +20,276 @@ import stat
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 
 from cmsaf_hub.service.backends.condor_seam import CondorSeam, IdentityProcesses, SeamError, _ad_to_dict, classify_error
 
 
+# --- a double of the bindings: what a real pool does, rule by rule ----------------------------
+#
+# Calibrated on a real HTCondor 25.13.2 personal pool (collector, negotiator, schedd, startd on
+# 127.0.0.1, SciTokens from the dev IAM; tests/integration/), each rule says which real behaviour
+# it stands for. Time is counted in queries (one query = one look at the queue), not seconds.
+
+SPOOLING_HOLD = {"JobStatus": 5, "HoldReasonCode": 16, "HoldReasonSubCode": 0,
+                 "HoldReason": "Spooling input data files"}
+
+
+class FakePool:
+    """A schedd's queue and history in ``<dir>/queue.json`` (shared by every client process)."""
+
+    def __init__(self, directory: Path, script: dict):
+        self.dir = Path(directory)
+        self.script = script
+
+    def transaction(self, change=None) -> dict:
+        """Read (and with ``change``, update) the pool state under a lock."""
+        with open(self.dir / "queue.json", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            state = json.loads(f.read() or '{"next": 100, "jobs": {}, "history": {}}')
+            result = change(state) if change is not None else None
+            if change is not None:
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(state))
+        return state if change is None else result
+
+    def identity(self, token: str | None) -> str:
+        """Rule: the schedd maps ``<iss>,<sub>`` of the token to a local user (CERTIFICATE_MAPFILE);
+        an unmapped token fails authentication (the call raises)."""
+        user = self.script.get("identities", {}).get(token or "")
+        if user is None and token and token.count(".") == 2:
+            with contextlib.suppress(Exception):
+                user = self.script.get("subs", {}).get(jwt.decode(token, options={"verify_signature": False})["sub"])
+        if user is None:
+            raise RuntimeError("AUTHENTICATE:1003:Failed to authenticate with any method")
+        return user
+
+
+class FakeSubmitResult:
+    def __init__(self, cluster: int, count: int, staging: str | None):
+        self._cluster, self._count, self.staging = cluster, count, staging
+
+    def cluster(self) -> int:
+        return self._cluster
+
+    def first_proc(self) -> int:
+        return 0
+
+    def num_procs(self) -> int:
+        return self._count
+
+
+def _classad_value(text: str):
+    import classad2
+
+    value = classad2.ExprTree(text).eval()
+    return value if isinstance(value, (str, int, float, bool)) else text
+
+
+class FakeSchedd:
+    """``htcondor2.Schedd`` as the real one answered, for the caller ``user``."""
+
+    def __init__(self, pool: FakePool, user: str):
+        self.pool, self.user = pool, user
+
+    def submit(self, submit, count: int = 1, spool: bool = False) -> FakeSubmitResult:
+        desc = dict(submit)
+        attrs = {k.split(".", 1)[1] if k.startswith("MY.") else k[1:]: _classad_value(v)
+                 for k, v in desc.items() if k.startswith(("MY.", "+"))}
+        inputs = [f for f in desc.get("transfer_input_files", "").split(",") if f]
+
+        def add(state):
+            cluster = state["next"]
+            state["next"] += 1
+            now = time.time()
+            for proc in range(count):
+                job = {"ClusterId": cluster, "ProcId": proc, "JobStatus": 1, "QDate": now,
+                       "EnteredCurrentStatus": now, "Iwd": desc.get("initialdir", "/"), "TransferInput": inputs,
+                       # Rule: Owner is the user the schedd mapped the submitter's token to.
+                       "Owner": self.user, "Requirements": desc.get("requirements", "true"),
+                       "_seen_idle": 0, **attrs}
+                if spool:
+                    # Rule: a spooled submission is queued held by the schedd itself
+                    # (HoldReasonCode 16, "Spooling input data files") until its files arrive.
+                    job.update(SPOOLING_HOLD)
+                state["jobs"][f"{cluster}.{proc}"] = job
+            return cluster
+
+        cluster = self.pool.transaction(add)
+        return FakeSubmitResult(cluster, count, desc.get("initialdir") if spool else None)
+
+    def spool(self, result: FakeSubmitResult) -> None:
+        """Rule: spool() uploads each job's input files into its own spool directory, rewrites its
+        Iwd there, and the schedd releases the job ("Data files spooled"): Idle."""
+        files = {name: Path(result.staging, name).read_text() for name in os.listdir(result.staging)}
+
+        def release(state):
+            for jid, job in state["jobs"].items():
+                if job["ClusterId"] == result.cluster():
+                    iwd = self.pool.dir / "spool" / str(job["ClusterId"]) / str(job["ProcId"])
+                    iwd.mkdir(parents=True, exist_ok=True)
+                    for name in job["TransferInput"]:
+                        if name not in files:
+                            raise RuntimeError(f"SECMAN:2007:File transfer failed: {name} not found")
+                        (iwd / name).write_text(files[name])
+                    for key in SPOOLING_HOLD:
+                        job.pop(key, None)
+                    job.update(JobStatus=1, Iwd=str(iwd), EnteredCurrentStatus=time.time(),
+                               ReleaseReason="Data files spooled")
+
+        self.pool.transaction(release)
+
+    def edit(self, job_spec, attr: str, value: str) -> None:
+        def change(state):
+            for job in state["jobs"].values():
+                if str(job["ClusterId"]) == str(job_spec).split(".")[0]:
+                    job[attr] = _classad_value(value)
+
+        self.pool.transaction(change)
+
+    def _advance(self, state) -> None:
+        """One look at the queue = one negotiation cycle.
+
+        Rule: a job is Idle (1) at least once before it runs (matched by the negotiator, then
+        claimed); ``requirements = false`` never matches. Rule: when its input files are missing from
+        its Iwd the shadow cannot transfer them: held with HoldReasonCode 13 (TransferInputError).
+        Rule: a removed job lingers in the queue in state X (3) for ``linger`` looks, then is
+        in the history."""
+        linger = self.pool.script.get("linger", 2)
+        for jid, job in list(state["jobs"].items()):
+            if job["JobStatus"] == 3:
+                job["_lingered"] = job.get("_lingered", 0) + 1
+                if job["_lingered"] > linger:
+                    state["history"][jid] = state["jobs"].pop(jid)
+            elif job["JobStatus"] == 1 and job["Requirements"] != "false":
+                if job["_seen_idle"] < 1:
+                    job["_seen_idle"] += 1
+                    continue
+                missing = [f for f in job["TransferInput"] if not Path(job["Iwd"], f).exists()]
+                if missing:
+                    job.update(JobStatus=5, HoldReasonCode=13, HoldReasonSubCode=2, EnteredCurrentStatus=time.time(),
+                               HoldReason=f"Transfer input files failure at access point: reading from file "
+                                          f"{Path(job['Iwd'], missing[0])}: (errno 2) No such file or directory")
+                else:
+                    job.update(JobStatus=2, EnteredCurrentStatus=time.time())
+
+    @staticmethod
+    def _project(job: dict, projection: list[str]):
+        """Rule: a query returns the projected attributes the job has, and no others."""
+        import classad2
+
+        return classad2.ClassAd({k: v for k, v in job.items() if not k.startswith("_") and k != "TransferInput"
+                                 and (not projection or k in projection)})
+
+    @staticmethod
+    def _matches(job: dict, constraint: str) -> bool:
+        import classad2
+
+        return classad2.ExprTree(constraint).eval(classad2.ClassAd(
+            {k: v for k, v in job.items() if not k.startswith("_") and k != "TransferInput"})) is True
+
+    def query(self, constraint: str = "true", projection: list[str] = ()):
+        def look(state):
+            self._advance(state)
+            return [j for j in state["jobs"].values() if self._matches(j, constraint)]
+
+        return [self._project(j, list(projection)) for j in self.pool.transaction(look)]
+
+    def history(self, constraint, projection, match=-1):
+        jobs = [j for j in self.pool.transaction()["history"].values() if self._matches(j, constraint)]
+        return [self._project(j, list(projection)) for j in jobs[:match if match > 0 else None]]
+
+    def act(self, action, job_spec, reason=None):
+        """Rule: act() reports totals and never raises for refused jobs: another user's job is
+        TotalPermissionDenied unless the caller is a queue super user; an already removed job is
+        TotalAlreadyDone; an unknown id is TotalNotFound. Holding a job held by the user or by
+        spooling is TotalAlreadyDone; a removed or completed job cannot be held."""
+        name = getattr(action, "name", str(action))
+        text = reason[0] if isinstance(reason, tuple) else reason
+
+        def apply(state):
+            totals = dict.fromkeys(["TotalError", "TotalSuccess", "TotalNotFound", "TotalBadStatus",
+                                    "TotalAlreadyDone", "TotalPermissionDenied"], 0)
+            ids = job_spec if isinstance(job_spec, list) else [
+                jid for jid, j in state["jobs"].items() if self._matches(j, str(job_spec))]
+            supers = self.pool.script.get("super_users", [])
+            for jid in ids:
+                job = state["jobs"].get(jid)
+                if job is None:
+                    totals["TotalNotFound"] += 1
+                elif job["Owner"] != self.user and self.user not in supers:
+                    totals["TotalPermissionDenied"] += 1
+                elif name == "Remove":
+                    if job["JobStatus"] == 3:
+                        totals["TotalAlreadyDone"] += 1
+                        continue
+                    job.update(JobStatus=3, RemoveReason=text, EnteredCurrentStatus=time.time(), _lingered=0)
+                    totals["TotalSuccess"] += 1
+                elif name == "Hold":
+                    if job["JobStatus"] == 5 and job.get("HoldReasonCode") in (1, 16):
+                        totals["TotalAlreadyDone"] += 1
+                    elif job["JobStatus"] in (3, 4):
+                        totals["TotalPermissionDenied"] += 1
+                    else:
+                        job.update(JobStatus=5, HoldReasonCode=1, HoldReasonSubCode=0, HoldReason=text,
+                                   EnteredCurrentStatus=time.time())
+                        totals["TotalSuccess"] += 1
+                else:
+                    totals["TotalError"] += 1
+            totals["TotalJobAds"] = len(ids)
+            return totals
+
+        return self.pool.transaction(apply)
+
+
+class FakeBindings:
+    """The names of ``htcondor2`` that :class:`CondorSeam` uses, over a :class:`FakePool`."""
+
+    JobAction = enum.Enum("JobAction", "Remove Hold Release")
+    DaemonType = enum.Enum("DaemonType", "Schedd")
+    AdType = enum.Enum("AdType", "Schedd")
+
+    def __init__(self, pool: FakePool, token_file: str):
+        self._pool, self._token_file = pool, token_file
+
+    def Submit(self, description):  # noqa: N802 (the bindings' name)
+        import htcondor2
+
+        htcondor2.Submit(description)  # the real parser must accept the description
+        return dict(description)
+
+    def _user(self) -> str:
+        token = Path(self._token_file).read_text() if os.path.exists(self._token_file) else None
+        return self._pool.identity(token)
+
+    def Schedd(self, location=None):  # noqa: N802
+        return FakeSchedd(self._pool, self._user())
+
+    def Collector(self):  # noqa: N802
+        bindings = self
+
+        class Collector:
+            def locate(self, daemon_type, name=None):
+                return {"Name": name}
+
+            def query(self, ad_type, constraint, projection):
+                return [classad2.ClassAd(ad) for ad in bindings._pool.script.get("schedds", [])]
+
+        import classad2
+
+        return Collector()
+
+
 class RecordingSeam:
-    """Records exact calls to files under ``record_dir``; answers from ``record_dir/script.json``."""
+    """Records exact calls to files under ``record_dir``; answers from ``record_dir/script.json``.
+
+    With ``{"fake_queue": true}`` in the script, every call runs the real :class:`CondorSeam` over
+    :class:`FakeBindings` (its spool path included), against the rules of :class:`FakePool`;
+    otherwise queries and history are answered from the script as written.
+    """
 
     def __init__(self, record_dir: str):
         self.dir = Path(record_dir)
@@ -53,6 +318,12 @@ class RecordingSeam:
             raise RuntimeError(failure)
         return entry
 
+    def _real(self) -> CondorSeam | None:
+        script = self._script()
+        if not script.get("fake_queue"):
+            return None
+        return CondorSeam(bindings=FakeBindings(FakePool(self.dir, script), os.environ["_condor_SCITOKENS_FILE"]))
+
     def _next_cluster(self) -> int:
         with open(self.dir / "next_cluster", "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -63,71 +334,48 @@ class RecordingSeam:
             f.write(str(n + 1))
         return n
 
-    # With ``{"fake_queue": true}`` in the script, submitted jobs run at once and the queue and
-    # history are answered from them, constraints evaluated by the real ClassAd library.
-
-    def _queue(self, update=None) -> dict:
-        with open(self.dir / "queue.json", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            jobs = json.loads(f.read() or "{}")
-            if update is not None:
-                update(jobs)
-                f.seek(0)
-                f.truncate()
-                f.write(json.dumps(jobs))
-        return jobs
-
-    @staticmethod
-    def _matching(jobs: dict, constraint: str) -> list[dict]:
-        import classad2
-
-        expr = classad2.ExprTree(constraint)
-        return [ad for ad in jobs.values() if expr.eval(classad2.ClassAd(ad)) is True]
-
     def submit(self, schedd, description, count, files):
         import htcondor2
 
         htcondor2.Submit(description)  # the real parser must accept the description
         self._record("submit", [schedd, description, count, sorted(files)])
+        if (real := self._real()) is not None:
+            return real.submit(schedd, description, count, files)
         cluster = self._next_cluster()
-        ids = [f"{cluster}.{i}" for i in range(count)]
-        if self._script().get("fake_queue"):
-            attrs = {k[3:]: json.loads(v) for k, v in description.items() if k.startswith("MY.Cmsaf")}
+        return [f"{cluster}.{i}" for i in range(count)]
 
-            def add(jobs):
-                for i in range(count):
-                    jobs[f"{cluster}.{i}"] = {"ClusterId": cluster, "ProcId": i, "JobStatus": 2, **attrs}
+    def submit_sharing_inputs(self, schedd, inputs, description, count, files, reuse=None):
+        import htcondor2
 
-            self._queue(add)
-        return ids
+        htcondor2.Submit(inputs)
+        htcondor2.Submit(description)
+        self._record("submit_sharing_inputs", [schedd, inputs, description, count, sorted(files), reuse])
+        if (real := self._real()) is not None:
+            return real.submit_sharing_inputs(schedd, inputs, description, count, files, reuse)
+        holder = reuse[0] if reuse else f"{self._next_cluster()}.0"
+        cluster = self._next_cluster()
+        return {"inputs": holder, "iwd": reuse[1] if reuse else f"/spool/{holder}",
+                "jobs": [f"{cluster}.{i}" for i in range(count)]}
 
     def query(self, schedd, constraint, projection):
         self._record("query", [schedd, constraint, projection])
         script = self._script()
         time.sleep(script.get("delay", {}).get("query", 0))
-        if script.get("fake_queue"):
-            return [ad for ad in self._matching(self._queue(), constraint) if ad["JobStatus"] != 3]
+        if (real := self._real()) is not None:
+            return real.query(schedd, constraint, projection)
         return script.get("query", [])
 
     def history(self, schedd, constraint, projection, match):
         self._record("history", [schedd, constraint, projection, match])
-        if self._script().get("fake_queue"):
-            return [ad for ad in self._matching(self._queue(), constraint) if ad["JobStatus"] == 3]
+        if (real := self._real()) is not None:
+            return real.history(schedd, constraint, projection, match)
         return self._script().get("history", [])
 
     def act(self, schedd, action, job_spec, reason):
         self._record("act", [schedd, action, job_spec, reason])
-        if self._script().get("fake_queue") and action == "Remove":
-            def remove(jobs):
-                chosen = job_spec if isinstance(job_spec, list) else [
-                    f"{ad['ClusterId']}.{ad['ProcId']}" for ad in self._matching(jobs, job_spec)]
-                for jid in chosen:
-                    if jid in jobs:
-                        jobs[jid].update(JobStatus=3, RemoveReason=reason)
-
-            self._queue(remove)
-        return {"TotalSuccess": len(job_spec) if isinstance(job_spec, list) else 1}
+        if (real := self._real()) is not None:
+            return real.act(schedd, action, job_spec, reason)
+        return self._script().get("act", {"TotalSuccess": len(job_spec) if isinstance(job_spec, list) else 1})
 
     def schedds(self, projection):
         self._record("schedds", [projection])
@@ -281,3 +529,68 @@ def test_classads_become_plain_values_that_cross_processes():
         "Held": True, "Missing": None}
     assert isinstance(plain["Ids"], str)
     assert pickle.loads(pickle.dumps(plain)) == plain
+
+
+def fake_pool_seam(tmp_path, user_tokens: dict[str, str], **script):
+    """The real CondorSeam over the double's bindings, calling as the holder of ``token_file``."""
+    (tmp_path / "pool").mkdir(exist_ok=True)
+    script = {"fake_queue": True, "identities": {t: u for u, t in user_tokens.items()}, **script}
+    seams = {}
+    for user, token in user_tokens.items():
+        (tmp_path / f"{user}.token").write_text(token)
+        seams[user] = CondorSeam(bindings=FakeBindings(FakePool(tmp_path / "pool", script), str(tmp_path / f"{user}.token")))
+    return seams
+
+
+def test_the_real_seam_spools_a_batchs_files_once_and_its_workers_read_them_from_there(tmp_path):
+    from cmsaf_hub.service.backends.condor_jobs import JobShape, inputs_description, worker_description
+
+    seams = fake_pool_seam(tmp_path, {"alice": "tok-a", "bob": "tok-b"})
+    desc = worker_description(JobShape(), cluster_id="c1", owner="alice", scheduler_address="tls://h:1",
+                              token_names=["condor"], bearer="condor", tls=True)
+    files = {"condor.token": "tok-a", "dask-tls.crt": "CERT", "dask-tls.key": "KEY"}
+    out = seams["alice"].submit_sharing_inputs(None, inputs_description(desc), desc, 3, files)
+    assert (out["inputs"], out["jobs"]) == ("100.0", ["101.0", "101.1", "101.2"])
+    assert out["iwd"] == str(tmp_path / "pool" / "spool" / "100" / "0")
+    assert {p.name: p.read_text() for p in Path(out["iwd"]).iterdir()} == files  # spooled once, for all three
+    alice = seams["alice"]
+    projection = ["ClusterId", "ProcId", "JobStatus", "Owner", "CmsafRole", "CmsafInputs", "Iwd"]
+    first = {f"{a['ClusterId']}.{a['ProcId']}": a for a in alice.query(None, "true", projection)}
+    assert {j: (a["JobStatus"], a["Owner"]) for j, a in first.items()} == {
+        "100.0": (1, "alice"), "101.0": (1, "alice"), "101.1": (1, "alice"), "101.2": (1, "alice")}  # idle first
+    assert first["101.1"]["CmsafInputs"] == "100.0" and first["101.1"]["Iwd"] == out["iwd"]
+    then = {f"{a['ClusterId']}.{a['ProcId']}": a["JobStatus"] for a in alice.query(None, "true", ["ClusterId", "ProcId", "JobStatus"])}
+    assert then == {"100.0": 1, "101.0": 2, "101.1": 2, "101.2": 2}  # the inputs job never runs
+    assert alice.query(None, "ProcId == 2", ["JobStatus"]) == [{"JobStatus": 2}]  # projections are honoured
+    # another user cannot remove alice's jobs, and act() says so in its totals instead of raising
+    denied = seams["bob"].act(None, "Remove", ["101.0", "101.9"], "cmsaf: test")
+    assert (denied["TotalPermissionDenied"], denied["TotalNotFound"], denied["TotalSuccess"]) == (1, 1, 0)
+    done = alice.act(None, "Remove", ["101.0"], "cmsaf: test")
+    assert done["TotalSuccess"] == 1 and alice.act(None, "Remove", ["101.0"], "again")["TotalAlreadyDone"] == 1
+    # removed jobs linger in state X for a while, then are in the history
+    looks = [[a["JobStatus"] for a in alice.query(None, "ClusterId == 101 && ProcId == 0", ["JobStatus"])] for _ in range(3)]
+    assert looks == [[3], [3], []]
+    assert alice.history(None, "ClusterId == 101 && ProcId == 0", ["RemoveReason"], 1) == [{"RemoveReason": "cmsaf: test"}]
+
+
+def test_a_spooled_submission_is_held_by_the_schedd_until_spooled(tmp_path):
+    seams = fake_pool_seam(tmp_path, {"alice": "tok-a"})
+    bindings = seams["alice"]._htcondor
+    schedd = bindings.Schedd()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "in.txt").write_text("x")
+    result = schedd.submit(bindings.Submit({"executable": "/bin/true", "transfer_input_files": "in.txt",
+                                            "initialdir": str(staging)}), count=1, spool=True)
+    held = [dict(a) for a in schedd.query("true", ["JobStatus", "HoldReasonCode", "HoldReason"])]
+    assert held == [{"JobStatus": 5, "HoldReasonCode": 16, "HoldReason": "Spooling input data files"}]
+    assert schedd.act(bindings.JobAction.Hold, ["100.0"], ("too early", None))["TotalAlreadyDone"] == 1
+    schedd.spool(result)
+    assert [dict(a) for a in schedd.query("true", ["JobStatus", "HoldReasonCode"])] == [{"JobStatus": 1}]
+
+
+def test_an_unmapped_token_fails_authentication(tmp_path):
+    seams = fake_pool_seam(tmp_path, {"alice": "tok-a"})
+    (tmp_path / "alice.token").write_text("tok-unknown")
+    with pytest.raises(RuntimeError, match="AUTHENTICATE:1003"):
+        seams["alice"].query(None, "true", [])

@@ -41,6 +41,7 @@ c.HTCondorBackend.seam_factory = functools.partial(RecordingSeam, {str(record)!r
 c.HTCondorBackend.schedd_name = "schedd@test"
 c.HTCondorBackend.state_dir = {str(state)!r}
 c.HTCondorBackend.retire_timeout = 3
+c.LocalBackend.same_user = True  # the schedulers beside the service (placement "service"); no OS users here
 """
 
 
@@ -56,13 +57,14 @@ async def recorded_soon(record, method: str, timeout: float = 30) -> list[dict]:
 async def test_a_users_cluster_is_submitted_scaled_and_removed_as_that_user(hub_factory, tmp_path):
     record, state = tmp_path / "record", tmp_path / "client-state"
     record.mkdir()
-    (record / "script.json").write_text(json.dumps({"fake_queue": True}))
     service_dir = tmp_path / "service"
     key = new_crypt_key()
     text = service_config_text(service_dir, port=free_port(), crypt_key=key, backend="htcondor",
                                config=backend_config(record, state))
     hub = await hub_factory(extra_config=ADMIN_USERS + AUTH_CONFIG + text)
     sh = ServiceHub(hub=hub, service_dir=service_dir, crypt_key=key)
+    # The double's pool maps the token's subject to the local user, like the schedd's mapfile.
+    (record / "script.json").write_text(json.dumps({"fake_queue": True, "subs": {hub.iam.user("alice")["sub"]: "alice"}}))
     await sh.wait_ready()
     browser = await login_via_iam(hub, "alice", "alice-password")
     await browser.aclose()
@@ -75,9 +77,9 @@ async def test_a_users_cluster_is_submitted_scaled_and_removed_as_that_user(hub_
         await sh.wait_status(alice, cid, "running")
         await sh.wait_workers(alice, cid, 2)
 
-        [submit] = [c for c in recorded_calls(record) if c["method"] == "submit"]
-        schedd, description, count, files = submit["args"]
-        assert (schedd, count) == ("schedd@test", 2)  # one call for the whole batch
+        [submit] = [c for c in recorded_calls(record) if c["method"] == "submit_sharing_inputs"]
+        schedd, inputs, description, count, files, reuse = submit["args"]
+        assert (schedd, count, reuse) == ("schedd@test", 2, None)  # one call for the whole batch
         assert description["MY.CmsafOwner"] == '"alice"' and description["MY.CmsafCluster"] == f'"{cid}"'
         claims = jwt.decode(submit["token"], options={"verify_signature": False})
         assert claims["sub"] == hub.iam.user("alice")["sub"] and claims["aud"] == CONDOR_AUD
@@ -93,6 +95,8 @@ async def test_a_users_cluster_is_submitted_scaled_and_removed_as_that_user(hub_
         assert (await alice.delete(f"clusters/{cid}")).status_code in (200, 202, 204)
         await sh.wait_status(alice, cid, "stopped")
 
-    queue = json.loads((record / "queue.json").read_text())
-    assert queue and all(job["JobStatus"] == 3 for job in queue.values())  # nothing left running
+    pool = json.loads((record / "queue.json").read_text())
+    jobs = {**pool["history"], **pool["jobs"]}
+    assert len(jobs) == 3 and all(job["JobStatus"] == 3 for job in jobs.values())  # nothing left running
+    assert {job["Owner"] for job in jobs.values()} == {"alice"}
     assert submit["token"] not in hub.log_text()

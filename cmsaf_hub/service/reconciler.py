@@ -69,6 +69,8 @@ class Reconciler(LoggingConfigurable):
                  token_keeper: ClusterTokenKeeper | None = None, **kw):
         super().__init__(**kw)
         self.tokens_provider = tokens_provider
+        if tokens_provider is not None and self.backend is not None and self.backend.has_trait("tokens_provider"):
+            self.backend.tokens_provider = tokens_provider  # e.g. HTCondor: remove orphans as their owner
         self.token_keeper = token_keeper
         self.probe = probe or SchedulerProbe()
         self.queue = WorkQueue(backoff_base=self.backoff_base, backoff_max=self.backoff_max)

@@ -1,4 +1,4 @@
-"""Fixtures of the HTCondor integration tests: the personal pool of :mod:`tests.integration.pool`."""
+"""Fixtures of the HTCondor integration tests: the personal pool of :mod:`devstack.condor_pool`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.integration.pool import personal_pool, skip_reason
+from devstack.condor_pool import personal_pool, skip_reason
 
 
 @pytest.fixture(scope="session")

@@ -85,10 +85,12 @@ class CondorSeam:
     methods can stand in for it in tests.
     """
 
-    def __init__(self, schedd_name: str | None = None):
-        import htcondor2  # imported here: the process's configuration is final by now
+    def __init__(self, schedd_name: str | None = None, bindings: Any = None):
+        if bindings is None:
+            import htcondor2 as bindings  # imported here: the process's configuration is final by now
 
-        self._htcondor = htcondor2
+        #: ``htcondor2``, or a stand-in with the same names (tests)
+        self._htcondor = bindings
         self._default_schedd = schedd_name or None
         self._schedds: dict[str | None, Any] = {}
 
@@ -107,7 +109,9 @@ class CondorSeam:
         return self._schedds[name]
 
     def submit(self, schedd: str | None, description: dict[str, str], count: int, files: dict[str, str]) -> list[str]:
-        """Queue ``count`` jobs in one transaction; spool ``files`` (by name) into their sandboxes."""
+        """Queue ``count`` jobs in one transaction; spool ``files`` (by name) into their sandboxes.
+
+        Spooling costs one file transfer per job: for batches, :meth:`submit_sharing_inputs`."""
         htcondor2 = self._htcondor
         s = self._schedd(schedd)
         staging = tempfile.mkdtemp(prefix="cmsaf-spool-")
@@ -116,6 +120,8 @@ class CondorSeam:
                 fd = os.open(os.path.join(staging, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:
                     f.write(content)
+            # Queued held ("Spooling input data files", HoldReasonCode 16) until spool() is done;
+            # the schedd then releases them itself.
             result = s.submit(htcondor2.Submit(dict(description, initialdir=staging)), count=count, spool=True)
             try:
                 s.spool(result)
@@ -129,6 +135,34 @@ class CondorSeam:
             return [f"{result.cluster()}.{first + i}" for i in range(result.num_procs())]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def submit_sharing_inputs(self, schedd: str | None, inputs: dict[str, str], description: dict[str, str],
+                              count: int, files: dict[str, str], reuse: tuple[str, str] | None = None
+                              ) -> dict[str, Any]:
+        """Spool ``files`` once, into the never-running job ``inputs``; then queue ``count`` jobs of
+        ``description`` in one transaction, reading their sandbox files from its spool directory.
+
+        ``reuse`` is ``(inputs job, its spool directory)`` of an earlier batch with the same files:
+        nothing is spooled then. Returns ``{"inputs": job id, "iwd": directory, "jobs": [job ids]}``."""
+        from .condor_jobs import reading_inputs_of
+
+        s = self._schedd(schedd)
+        if reuse is not None:
+            holder, iwd = reuse
+        else:
+            [holder] = self.submit(schedd, inputs, 1, files)
+            # The schedd rewrites a spooled job's Iwd to its spool directory.
+            [ad] = s.query(f"ClusterId == {int(holder.split('.')[0])}", ["Iwd"])
+            iwd = str(ad["Iwd"])
+        try:
+            result = s.submit(self._htcondor.Submit(reading_inputs_of(description, holder, iwd)), count=count)
+        except Exception:
+            if reuse is None:
+                s.act(self._htcondor.JobAction.Remove, [holder], reason=("cmsaf: submitting the workers failed", None))
+            raise
+        first = result.first_proc()
+        return {"inputs": holder, "iwd": iwd,
+                "jobs": [f"{result.cluster()}.{first + i}" for i in range(result.num_procs())]}
 
     def query(self, schedd: str | None, constraint: str, projection: list[str]) -> list[dict[str, Any]]:
         return [_ad_to_dict(ad) for ad in self._schedd(schedd).query(constraint, projection)]

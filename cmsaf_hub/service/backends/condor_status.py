@@ -11,12 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import ClusterObservation, WorkerObservation, WorkerPhase
-from .condor_jobs import ATTR_CLUSTER, ATTR_ROLE, ROLE_SCHEDULER, ROLE_WORKER, job_id
+from .condor_jobs import ATTR_CLUSTER, ATTR_INPUTS, ATTR_ROLE, ROLE_INPUTS, ROLE_SCHEDULER, ROLE_WORKER, job_id
 
 #: Prefix of the RemoveReason of every removal the backend asks for (not a failure when seen later).
 REMOVED_BY_US = "cmsaf: "
 
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = 1, 2, 3, 4, 5, 6, 7
+
+#: ``HoldReasonCode`` values (``CONDOR_HOLD_CODE`` in HTCondor's src/condor_utils/condor_holdcodes.h).
+HOLD_USER_REQUEST = 1
+HOLD_TRANSFER_INPUT_ERROR = 13
+#: The schedd's own hold of a spooled job until its input files arrive ("Spooling input data
+#: files"); it releases the job itself. Not a failure: the job is still on its way to the queue.
+HOLD_SPOOLING_INPUT = 16
 
 #: JobStatus of a job still in the queue -> phase.
 QUEUE_PHASES: dict[int, WorkerPhase] = {
@@ -39,6 +46,8 @@ class PollResult:
 
 
 def held_too_long(ad: Mapping[str, Any], now: float, limit: int) -> bool:
+    if ad.get("HoldReasonCode") == HOLD_SPOOLING_INPUT:
+        return False
     entered = ad.get("EnteredCurrentStatus")
     return bool(limit) and isinstance(entered, (int, float)) and now - entered > limit
 
@@ -47,10 +56,14 @@ def phase_of_queued(ad: Mapping[str, Any]) -> tuple[WorkerPhase, str | None]:
     """Phase and reason of a job that is still in the queue."""
     status = ad.get("JobStatus")
     phase = QUEUE_PHASES.get(status, WorkerPhase.QUEUED)
+    if phase is WorkerPhase.HELD and ad.get("HoldReasonCode") == HOLD_SPOOLING_INPUT:
+        return WorkerPhase.QUEUED, None  # told apart by its code: any other hold replaces it
     if phase is WorkerPhase.HELD:
         return phase, str(ad.get("HoldReason") or "held by HTCondor")
     if status == COMPLETED and ad.get("ExitCode") not in (0, None):
         return WorkerPhase.FAILED, f"exited with code {ad.get('ExitCode')}"
+    if status == REMOVED:  # removed jobs linger in the queue (state X) before they reach the history
+        return phase_of_finished(ad)
     return phase, None
 
 
@@ -147,3 +160,32 @@ def least_loaded_schedd(ads: list[dict[str, Any]]) -> str | None:
         return None
     load = lambda ad: (int(ad.get("TotalRunningJobs") or 0) + int(ad.get("TotalIdleJobs") or 0), ad["Name"])  # noqa: E731
     return min(named, key=load)["Name"]
+
+
+def act_shortfall(result: Mapping[str, Any], job_ids: list[str]) -> str | None:
+    """Why a removal of ``job_ids`` did not fully happen, from ``Schedd.act()``'s totals; None if it did.
+
+    The schedd answers a refused action with totals, not an error (e.g. another user's jobs:
+    ``TotalPermissionDenied``); jobs already removed or gone from the queue count as done.
+    """
+    done = sum(int(result.get(k) or 0) for k in ("TotalSuccess", "TotalAlreadyDone", "TotalNotFound"))
+    if done >= len(job_ids):
+        return None
+    counts = {"permission denied": "TotalPermissionDenied", "in a state that cannot be removed": "TotalBadStatus",
+              "failed": "TotalError"}
+    details = [f"{int(result.get(key) or 0)} {what}" for what, key in counts.items() if result.get(key)]
+    return f"HTCondor removed {done} of {len(job_ids)} jobs" + (f" ({', '.join(details)})" if details else "")
+
+
+def unused_inputs_jobs(queue_ads: Iterable[Mapping[str, Any]], keep: Iterable[str], *, now: float,
+                       grace: float) -> list[str]:
+    """Inputs jobs (role ``inputs``) no worker in the queue reads from, queued more than ``grace``
+    seconds ago (their workers may be on their way), except ``keep``."""
+    ads = list(queue_ads)
+    keep = set(keep)
+    used = {ad.get(ATTR_INPUTS) for ad in ads if ad.get(ATTR_ROLE) == ROLE_WORKER and ad.get("JobStatus") != REMOVED}
+    return sorted(
+        job_id(ad) for ad in ads
+        if ad.get(ATTR_ROLE) == ROLE_INPUTS and ad.get("JobStatus") != REMOVED and job_id(ad) not in used
+        and job_id(ad) not in keep and isinstance(ad.get("QDate"), (int, float)) and now - ad["QDate"] > grace
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
+from traitlets import Callable as CallableTrait
 
 from . import condor_scheduler_preload
 from .base import Backend, BackendError, ClusterObservation, ClusterSpec, SchedulerInfo, SubmittedWorker
@@ -27,6 +29,7 @@ from .condor_jobs import (
     ATTR_OWNER,
     ATTR_SCHEDULER_ADDRESS,
     ATTR_SCHEDULER_WS_ADDRESS,
+    DEFAULT_JOB_ENV_ALLOWLIST,
     POLL_PROJECTION,
     SCHEDULER_PRELOAD_FILE,
     ROLE_WORKER,
@@ -37,6 +40,8 @@ from .condor_jobs import (
     classad_string,
     cluster_constraint,
     find_secret,
+    inputs_description,
+    job_environment,
     sandbox_files,
     scheduler_description,
     worker_description,
@@ -46,11 +51,13 @@ from .condor_shape import CondorJobShapeConfig
 from .condor_seam import SERVICE_IDENTITY, CondorSeam, IdentityProcesses, SeamError, seam_error
 from .condor_status import (
     REMOVED_BY_US,
+    act_shortfall,
     history_constraint,
     least_loaded_schedd,
     missing_jobs,
     observe,
     phase_of_queued,
+    unused_inputs_jobs,
 )
 
 #: The scheduler job's preload, shipped into its sandbox as a file (read once, at import).
@@ -134,8 +141,27 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
 
     status_interval = Float(2.0, help="Seconds between queue checks while a scheduler job starts.").tag(config=True)
 
+    job_env_allowlist = List(
+        Unicode(), default_value=list(DEFAULT_JOB_ENV_ALLOWLIST),
+        help="""Names (``NAME`` or a ``PREFIX*``) of the cluster environment's variables that jobs get;
+        every other variable stays out of the job ads (readable by all pool users) and is logged by
+        name. Names that say they hold a secret (token, secret, password, credential, key) never
+        pass. Jobs never inherit the service's own environment.""",
+    ).tag(config=True)
+
+    inputs_grace = Float(
+        600, help="""Seconds an inputs job (the spooled input files of a batch of workers) is kept
+        after its last worker left the queue, before it is removed.""",
+    ).tag(config=True)
+
     scheduler_backend = AnyTrait(
         None, allow_none=True, help="Backend starting schedulers for placement service (default: LocalBackend).",
+    )
+
+    tokens_provider = CallableTrait(
+        None, allow_none=True,
+        help="""``async (owner) -> {name: jwt}``: the owner's current tokens (set by the service).
+        Used to act as the owner on a cluster no call brought a token for (after a restart, orphans).""",
     )
 
     @default("scheduler_backend")
@@ -161,6 +187,10 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
         )
         self._owners: dict[str, tuple[str, str | None]] = {}  # orphan cluster id -> (owner, schedd)
         self._tokens: dict[str, str] = {}  # owner -> last condor token seen (never logged)
+        #: cluster id -> (digest of the files, inputs job, its spool directory) of its latest batch
+        self._inputs: dict[str, tuple[str, str, str]] = {}
+        #: orphan clusters whose removal did not (fully) happen: retried on every poll
+        self._pending_orphans: set[str] = set()
         if self.scheduler_backend is not None:
             await self.scheduler_backend.start()
 
@@ -178,18 +208,42 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
         self._tokens[cluster.owner] = token
         return token
 
+    async def _owner_token(self, owner: str, spec_tokens: dict[str, str] | None = None) -> str | None:
+        """The owner's condor token from the call, the last one seen, or the service's tokens provider."""
+        token = (spec_tokens or {}).get(self.token_name) or self._tokens.get(owner)
+        if token is None and self.tokens_provider is not None:
+            try:
+                token = (await self.tokens_provider(owner) or {}).get(self.token_name)
+            except Exception as e:  # a user who never logged in again: fall back, say so
+                self.log.warning("No %s token for %s from the service: %s", self.token_name, owner, type(e).__name__)
+        if token:
+            self._tokens[owner] = token
+        return token
+
     async def _as_owner(self, cluster: ClusterSpec, action: str, method: str, *args: Any) -> Any:
         try:
             return await self.processes.call(cluster.owner, self._token(cluster), method, *args)
         except SeamError as e:
             raise seam_error(action, e) from None
 
+    def _job_env(self, cluster: ClusterSpec) -> dict[str, str]:
+        kept, dropped = job_environment(cluster.env, self.job_env_allowlist)
+        if dropped:
+            self.log.debug("Cluster %s: not in job environments (job_env_allowlist): %s", cluster.id, ", ".join(dropped))
+        return kept
+
+    def _files(self, cluster: ClusterSpec, descriptions: list[dict[str, str]],
+               extra_files: dict[str, str] | None = None) -> dict[str, str]:
+        files = {**sandbox_files(cluster.tokens, cluster.tls), **(extra_files or {})}
+        for description in descriptions:
+            leak = find_secret(description, list(files.values()))
+            if leak is not None:  # a guard, not a feature: builders never put secrets in descriptions
+                raise BackendError(f"refusing to submit: submit command {leak!r} would carry a secret")
+        return files
+
     async def _submit(self, cluster: ClusterSpec, description: dict[str, str], count: int, schedd: str | None,
                       extra_files: dict[str, str] | None = None) -> list[str]:
-        files = {**sandbox_files(cluster.tokens, cluster.tls), **(extra_files or {})}
-        leak = find_secret(description, list(files.values()))
-        if leak is not None:  # a guard, not a feature: builders never put secrets in descriptions
-            raise BackendError(f"refusing to submit: submit command {leak!r} would carry a secret")
+        files = self._files(cluster, [description], extra_files)
         return await self._as_owner(cluster, "submitting jobs", "submit", schedd, description, count, files)
 
     async def _choose_schedd(self, cluster: ClusterSpec) -> str | None:
@@ -214,7 +268,7 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             JobShape(**{**shape.__dict__, "cores": 1}),
             cluster_id=cluster.id, owner=cluster.owner, token_names=sorted(cluster.tokens),
             bearer=bearer_token_name(cluster.tokens, self.bearer_token_names), tls=bool(cluster.tls),
-            idle_timeout=self.scheduler_idle_timeout, env=cluster.env, dashboard_prefix=cluster.dashboard_prefix,
+            idle_timeout=self.scheduler_idle_timeout, env=self._job_env(cluster), dashboard_prefix=cluster.dashboard_prefix,
         )
         [job] = await self._submit(cluster, desc, 1, schedd, {SCHEDULER_PRELOAD_FILE: PRELOAD_SOURCE})
         self.log.info("Cluster %s: scheduler job %s submitted as %s", cluster.id, job, cluster.owner)
@@ -264,18 +318,34 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             self.job_shape(cluster), cluster_id=cluster.id, owner=cluster.owner,
             scheduler_address=state["scheduler_address"], token_names=sorted(cluster.tokens),
             bearer=bearer_token_name(cluster.tokens, self.bearer_token_names), tls=bool(cluster.tls),
-            env=cluster.env,
+            env=self._job_env(cluster),
         )
-        jobs = await self._submit(cluster, desc, count, state.get("schedd"))
-        self.log.info("Cluster %s: %d worker jobs submitted as %s in one call", cluster.id, len(jobs), cluster.owner)
+        inputs = inputs_description(desc)
+        files = self._files(cluster, [desc, inputs])
+        digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()
+        cached = self._inputs.get(cluster.id)
+        reuse = cached[1:] if cached is not None and cached[0] == digest else None
+        result = await self._as_owner(cluster, "submitting jobs", "submit_sharing_inputs", state.get("schedd"),
+                                      inputs, desc, count, files, reuse)
+        self._inputs[cluster.id] = (digest, result["inputs"], result["iwd"])
+        jobs = result["jobs"]
+        self.log.info("Cluster %s: %d worker jobs submitted as %s in one call (input files %s in job %s)",
+                      cluster.id, len(jobs), cluster.owner, "already spooled" if reuse else "spooled once",
+                      result["inputs"])
         return [SubmittedWorker(name=job, backend_state={"job": job}) for job in jobs]
 
     async def _as_owner_or_service(self, cluster: ClusterSpec, action: str, method: str, *args: Any) -> Any:
-        """As the owner; as the service identity when the owner's token is unknown (after a restart)
-        or refused (expired since it was last seen): stopping must not depend on a fresh user token."""
-        if cluster.tokens.get(self.token_name) or cluster.owner in self._tokens or not self.service_token_file:
+        """As the owner (token from the call, the last seen, or the service's tokens provider); as the
+        service identity when no owner token is known or it is refused (expired): stopping must not
+        depend on a fresh user token. The schedd lets an owner remove their own jobs; the service
+        identity can remove other users' jobs only where the pool makes it a queue super user."""
+        token = await self._owner_token(cluster.owner, cluster.tokens)
+        if token is not None or not self.service_token_file:
+            if token is None:
+                raise BackendError(f"no {self.token_name!r} token for {cluster.owner}: cannot act as them",
+                                   retryable=True)
             try:
-                return await self.processes.call(cluster.owner, self._token(cluster), method, *args)
+                return await self.processes.call(cluster.owner, token, method, *args)
             except SeamError as e:
                 if e.kind != "auth" or not self.service_token_file:
                     raise seam_error(action, e) from None
@@ -287,7 +357,14 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             raise seam_error(action, e) from None
 
     async def _remove(self, cluster: ClusterSpec, schedd: str | None, job_ids: list[str], reason: str) -> None:
-        await self._as_owner_or_service(cluster, "removing jobs", "act", schedd, "Remove", job_ids, REMOVED_BY_US + reason)
+        """Remove ``job_ids``; what the schedd did not remove is an error (retryable) and logged."""
+        result = await self._as_owner_or_service(cluster, "removing jobs", "act", schedd, "Remove", job_ids,
+                                                 REMOVED_BY_US + reason)
+        shortfall = act_shortfall(result, job_ids)
+        if shortfall:
+            self.log.warning("Cluster %s of %s: %s (%s): %s", cluster.id, cluster.owner, shortfall, reason,
+                             ", ".join(job_ids))
+            raise BackendError(f"{shortfall} while removing jobs ({reason})", retryable=True)
 
     async def stop_workers(self, cluster: ClusterSpec, workers: dict[str, dict[str, Any]]) -> None:
         if not workers:
@@ -307,6 +384,11 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
         for cluster in clusters:
             by_schedd[cluster.backend_state.get("schedd")].append(cluster)
         results: dict[str, ClusterObservation] = {}
+        for cluster_id in sorted(self._pending_orphans):  # removals that did not happen yet
+            try:
+                await self.remove_cluster_resources(cluster_id)
+            except BackendError as e:
+                self.log.warning("Orphan cluster %s: its removal is retried on the next poll: %s", cluster_id, e)
         for schedd, group in by_schedd.items():
             results.update(await self._poll_schedd(schedd, group))
         if self.scheduler_placement == "service":
@@ -357,7 +439,24 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             if doomed:
                 self.log.warning("Cluster %s: removing %d jobs held longer than %d s", cid, len(doomed), self.held_timeout)
                 await self._remove(specs[cid], schedd, doomed, f"held longer than {self.held_timeout} s")
+        await self._remove_unused_inputs(specs, schedd, ads)
         return result.clusters
+
+    async def _remove_unused_inputs(self, specs: dict[str, ClusterSpec], schedd: str | None,
+                                    ads: list[dict[str, Any]]) -> None:
+        """Inputs jobs of earlier batches whose workers have all left the queue go (the latest stays)."""
+        by_cluster: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for ad in ads:
+            by_cluster[ad.get(ATTR_CLUSTER)].append(ad)
+        now = time.time()
+        for cid, spec in specs.items():
+            latest = [self._inputs[cid][1]] if cid in self._inputs else []
+            unused = unused_inputs_jobs(by_cluster.get(cid, []), latest, now=now, grace=self.inputs_grace)
+            if unused:
+                try:
+                    await self._remove(spec, schedd, unused, "input files no longer used")
+                except BackendError as e:
+                    self.log.warning("Cluster %s: unused inputs jobs stay until the next poll: %s", cid, e)
 
     async def _poll_local_schedulers(self, clusters: list[ClusterSpec], results: dict[str, ClusterObservation]) -> None:
         local = [dataclasses.replace(c, backend_state={**c.backend_state, "workers": {}}) for c in clusters]
@@ -370,12 +469,19 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
     # --- teardown, logs, restart ---------------------------------------------------------
 
     async def stop_cluster(self, cluster: ClusterSpec) -> None:
-        """Remove every job of the cluster (found by its attribute), then its local scheduler."""
-        schedd = cluster.backend_state.get("schedd")
+        """Remove every job of the cluster (found by its attribute), then its local scheduler.
+
+        A cluster whose start failed before a schedd was chosen is looked for on the configured
+        schedd (or every schedd the collector knows), never on a local one."""
         constraint = cluster_constraint([cluster.id])
-        ads = await self._as_owner_or_service(cluster, "reading the queue", "query", schedd, constraint, ["ClusterId", "ProcId"])
-        if ads:
-            await self._remove(cluster, schedd, sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads), "cluster stopped")
+        known = cluster.backend_state.get("schedd")
+        for schedd in [known] if known else await self._listing_schedds(cluster):
+            ads = await self._as_owner_or_service(cluster, "reading the queue", "query", schedd, constraint,
+                                                  ["ClusterId", "ProcId", "JobStatus"])
+            live = sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads if ad.get("JobStatus") != 3)
+            if live:
+                await self._remove(cluster, schedd, live, "cluster stopped")
+        self._inputs.pop(cluster.id, None)
         if self.scheduler_backend is not None:
             await self.scheduler_backend.stop_cluster(cluster)
 
@@ -393,11 +499,22 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             logs[key] = (logs.get(key, "") + "\n" + line + (f" ({reason})" if reason else "")).strip()
         return logs
 
-    async def _listing_schedds(self) -> list[str | None]:
+    async def _listing_schedds(self, cluster: ClusterSpec | None = None) -> list[str | None]:
+        """The configured schedd, else every schedd the collector knows (asked as ``cluster``'s owner
+        when given, else as the service identity)."""
         if self.schedd_name:
             return [self.schedd_name]
-        ads = await self.processes.call(SERVICE_IDENTITY, None, "schedds", ["Name"])
-        return [ad["Name"] for ad in ads if ad.get("Name")] or [None]
+        if cluster is not None:
+            ads = await self._as_owner_or_service(cluster, "locating schedds", "schedds", ["Name"])
+        else:
+            try:
+                ads = await self.processes.call(SERVICE_IDENTITY, None, "schedds", ["Name"])
+            except SeamError as e:
+                raise seam_error("locating schedds", e) from None
+        names = [ad["Name"] for ad in ads if ad.get("Name")]
+        if not names:
+            raise BackendError("the collector knows no schedd", retryable=True)
+        return names
 
     async def list_cluster_ids(self) -> set[str]:
         """Clusters with jobs in any schedd (needs ``service_token_file``) or a local scheduler."""
@@ -405,35 +522,54 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
         if not self.service_token_file:
             self.log.warning("No service_token_file: cannot list other users' jobs; orphans exit via death timeout")
             return local
-        try:
-            for schedd in await self._listing_schedds():
-                ads = await self.processes.call(SERVICE_IDENTITY, None, "query", schedd, any_cluster_constraint(),
+        listed: set[str] = set()
+        for schedd in await self._listing_schedds():
+            try:
+                ads = await self.processes.call(SERVICE_IDENTITY, None, "query", schedd,
+                                                f"({any_cluster_constraint()}) && JobStatus != 3",
                                                 [ATTR_CLUSTER, ATTR_OWNER])
-                for ad in ads:
-                    self._owners[ad[ATTR_CLUSTER]] = (ad.get(ATTR_OWNER), schedd)
-        except SeamError as e:
-            raise seam_error("listing clusters", e) from None
-        return set(self._owners) | local
+            except SeamError as e:
+                raise seam_error("listing clusters", e) from None
+            for ad in ads:
+                self._owners[ad[ATTR_CLUSTER]] = (ad.get(ATTR_OWNER), schedd)
+                listed.add(ad[ATTR_CLUSTER])
+        return listed | local
 
     async def remove_cluster_resources(self, cluster_id: str) -> None:
-        """Remove an orphan's jobs (as its owner when that owner's token is known, else as the
-        service identity) and its local scheduler. Without either identity its workers exit on
-        their own through ``--death-timeout``."""
+        """Remove an orphan's jobs and its local scheduler.
+
+        As its owner (the last token seen, else the service's tokens provider): the schedd lets
+        owners remove their own jobs, no super user needed. Else as the service identity, which
+        works only where the pool made it a queue super user. What did not happen is logged,
+        raised, and retried on every poll; without any identity its workers exit on their own
+        through ``--death-timeout``."""
         if self.scheduler_backend is not None:
             await self.scheduler_backend.remove_cluster_resources(cluster_id)
         owner, schedd = self._owners.get(cluster_id, (None, self.schedd_name or None))
-        if owner in self._tokens:
-            identity, token = owner, self._tokens[owner]
+        token = await self._owner_token(owner) if owner else None
+        if token is not None:
+            identity = owner
         elif self.service_token_file:
-            identity, token = SERVICE_IDENTITY, None
+            identity = SERVICE_IDENTITY
         else:
+            self.log.warning("Orphan cluster %s of %s: no identity can remove its jobs", cluster_id, owner)
             return
-        constraint = f"{ATTR_CLUSTER} == {classad_string(check_name('cluster id', cluster_id))}"
+        constraint = f"{ATTR_CLUSTER} == {classad_string(check_name('cluster id', cluster_id))} && JobStatus != 3"
         try:
             ads = await self.processes.call(identity, token, "query", schedd, constraint, ["ClusterId", "ProcId"])
-            if ads:
-                jobs = sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads)
-                await self.processes.call(identity, token, "act", schedd, "Remove", jobs, REMOVED_BY_US + "orphaned cluster")
+            jobs = sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads)
+            result = await self.processes.call(identity, token, "act", schedd, "Remove", jobs,
+                                               REMOVED_BY_US + "orphaned cluster") if jobs else {}
         except SeamError as e:
+            self._pending_orphans.add(cluster_id)
             raise seam_error(f"removing the jobs of orphaned cluster {cluster_id}", e) from None
+        shortfall = act_shortfall(result, jobs)
+        if shortfall:
+            self._pending_orphans.add(cluster_id)
+            self.log.warning("Orphan cluster %s of %s: %s as %s; retried on the next poll", cluster_id, owner,
+                             shortfall, identity)
+            raise BackendError(f"{shortfall} of orphaned cluster {cluster_id}", retryable=True)
+        if jobs:
+            self.log.info("Orphan cluster %s of %s: %d jobs removed as %s", cluster_id, owner, len(jobs), identity)
+        self._pending_orphans.discard(cluster_id)
         self._owners.pop(cluster_id, None)
