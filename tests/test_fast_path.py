@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -157,3 +158,43 @@ async def test_fast_path_through_chp_and_an_nginx_tls_ingress(service_hub_factor
         await sh.wait_status(api, cid, "stopped")
     with pytest.raises(HubRefusedFatal, match=r"404 This cluster has stopped\."):
         await Client(fast, security=hub_security(alice), asynchronous=True, timeout=20)
+
+
+PASTED_CLIENT_CODE = """
+from dask.distributed import Client
+
+client = Client("{address}")
+print(client.submit(sum, [40, 2]).result(), client.scheduler_comm.comm.extra_info["cipher"][1][:5])
+"""
+
+
+async def test_hubcluster_sidebar_cli_and_pasted_addresses_take_the_fast_path(service_hub_factory):
+    from cmsaf_hub.client import Hub, HubCluster
+    from cmsaf_hub.client.labextension import make_hub_cluster_model
+    from cmsaf_hub.client.report import ClusterReport
+
+    sh = await service_hub_factory(config=SAME_USER)
+    token = await sh.hub.create_user("alice")
+    hub_port = int(sh.hub.url.rstrip("/").rsplit(":", 1)[1])
+    async with Hub(sh.hub.url, token=token, asynchronous=True) as hub:
+        cluster = await HubCluster(hub=hub, asynchronous=True, workers=1, cores=1, memory=1.0)
+        fast = f"hub://127.0.0.1:{hub_port}/services/cmsaf/clusters/{cluster.cluster_id}/tls"
+        assert cluster.scheduler_address == fast
+        async with cluster.get_client() as client:
+            await roundtrip(client, 5_000_000)
+            assert scheduler_tls(client)["cipher"][1].startswith("TLSv1.")  # Dask's TLS comm, not ws
+        # what the sidebar shows and pastes, and what the CLI prints, is the same address
+        report = await hub.get_cluster(cluster.cluster_id)
+        assert isinstance(report, ClusterReport)
+        assert report.scheduler_address == fast
+        assert make_hub_cluster_model("lab-1", report)["scheduler_address"] == fast
+        # the pasted code, with a session's environment and no security argument
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CMSAF_", "JUPYTERHUB_", "DASK_"))}
+        env.update(CMSAF_SERVICE_URL=f"{sh.hub.url}services/cmsaf/", JUPYTERHUB_API_TOKEN=token,
+                   DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER="cmsaf_hub.client.security.security_loader")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PASTED_CLIENT_CODE.format(address=fast), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert (proc.returncode, out.decode()) == (0, "42 TLSv1\n"), err.decode()[-2000:]
+        await cluster.close()

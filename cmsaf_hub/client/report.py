@@ -62,7 +62,8 @@ class ClusterReport:
             reason=data.get("reason"),
             options=dict(data.get("options") or {}),
             dashboard_link=data.get("dashboard_link"),
-            scheduler_address=data.get("scheduler_address"),
+            # the fast path (Dask's TLS comm through the hub) when the service offers it, else the ws relay
+            scheduler_address=data.get("fast_scheduler_address") or data.get("scheduler_address"),
             workers=WorkerCounts.from_json(data.get("workers")),
             adapt=data.get("adapt"),
             created=data.get("created"),

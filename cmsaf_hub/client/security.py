@@ -1,4 +1,5 @@
-"""Make plain ``Client("ws://<hub>/services/cmsaf/clusters/<id>/comm")`` work in a session.
+"""Make plain ``Client("hub(s)://<hub>/services/cmsaf/clusters/<id>/tls")`` (the fast path) and
+``Client("ws(s)://<hub>/services/cmsaf/clusters/<id>/comm")`` work in a session.
 
 dask-labextension's "inject client code" pastes exactly that, with no token. Sessions set
 ``DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER=cmsaf_hub.client.security.security_loader``;
@@ -22,8 +23,21 @@ COMM_PATH = "clusters/"
 
 
 def is_service_comm_address(address: str, config: HubConfig) -> bool:
-    """Is ``address`` a ``ws(s)://`` comm relay of the configured service (same host, port, prefix)?"""
+    """Is ``address`` a comm of the configured service (same host, port, prefix): its ``ws(s)://``
+    relay (``.../comm``) or its fast path (``hub(s)://.../tls``)?"""
     target, service = urlsplit(address), urlsplit(config.service_url)
+    default_port = {"http": 80, "https": 443}[service.scheme]
+    if target.scheme == {"http": "hub", "https": "hubs"}[service.scheme]:
+        try:
+            same_port = (target.port or default_port) == (service.port or default_port)
+        except ValueError:
+            return False
+        return (
+            target.hostname == service.hostname
+            and same_port
+            and target.path.startswith(service.path + COMM_PATH)
+            and target.path.endswith("/tls")
+        )
     expected_scheme = {"http": "ws", "https": "wss"}[service.scheme]
     return (
         target.scheme == expected_scheme
