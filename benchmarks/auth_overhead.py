@@ -13,7 +13,9 @@ GenericOAuthenticator measured in the same run.
    userinfo call per check, plus refresh grant + userinfo once the token has expired. Target:
    refresh grants <= ceil(3600 / lifetime) + 1.
 
-    .venv/bin/python benchmarks/auth_overhead.py [--users 4] [--concurrency 8] [--seconds 5] [--rounds 3]
+    .venv/bin/python benchmarks/auth_overhead.py [--users 4] [--concurrency 8] [--seconds 5] [--rounds 3] [--quick]
+
+``--quick`` (what CI runs): 2 users, one 1-second round; it checks the script, not the figures.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ async def user_tokens(hub: RunningHub, users: int) -> list[str]:
     for i in range(users):
         name = DEMO_USERS[i % len(DEMO_USERS)]
         session = await login_via_iam(hub, name, f"{name}-password")
-        assert session.login_response.status_code == 200, f"{name} could not log in"
+        r = session.login_response
+        assert r.status_code == 200, f"{name} could not log in: {r.status_code} at {r.url}: {r.text[:300]}"
         await session.aclose()
         tokens.append(await hub.user_token(name, note=f"bench-{i}"))
     return tokens
@@ -149,7 +152,10 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one measured round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2 users, one 1-second round: checks the script")
     args = parser.parse_args()
+    if args.quick:
+        args.users, args.seconds, args.rounds = 2, 1.0, 1
 
     sim = simulate_idp_calls(users=200, lifetime=600, hours=1.0)
     target = math.ceil(3600 / 600) + 1

@@ -5,7 +5,9 @@ dask-gateway-server's local backend (its own API and proxy), measured in the sam
 which goes first.
 Prints each round, the medians and the ratio service/gateway (target ≤ 1.0).
 
-    .venv/bin/python benchmarks/cluster_start.py [--rounds 4]
+    .venv/bin/python benchmarks/cluster_start.py [--rounds 4] [--quick]
+
+``--quick`` (what CI runs): one round with one worker; it checks the script, not the figures.
 """
 
 from __future__ import annotations
@@ -173,5 +175,9 @@ async def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="one round, one worker: checks the script")
+    args = parser.parse_args()
+    if args.quick:
+        WORKERS, args.rounds = 1, 1
     os.environ.setdefault("PYTHONPATH", str(REPO))
-    asyncio.run(main(parser.parse_args().rounds))
+    asyncio.run(main(args.rounds))

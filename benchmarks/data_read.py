@@ -1,7 +1,8 @@
 """Read throughput of a 200 MB file from a Dask worker: cold through the XCache, warm through the
 XCache, and direct from the origin, all in one run on this machine.
 
-Usage: .venv/bin/python benchmarks/data_read.py [--size-mb 200] [--repeat 3]
+Usage: .venv/bin/python benchmarks/data_read.py [--size-mb 200] [--repeat 3] [--quick]
+``--quick`` (what CI runs): a 4 MB file, one read per mode; it checks the script, not the figures.
 Needs Debian's xrootd-server + xrootd-scitokens-plugins and root (see devstack/xrootd.py); says so
 otherwise. Prints MB/s per mode (median of --repeat reads, each cold read on a file never read before)
 and the ratios warm/direct and cold/direct.
@@ -53,12 +54,14 @@ async def main(size_mb: int, repeat: int) -> int:
     site = await start_data_site(work, {f: payload for f in files})
     stack = site.stack
     user_file = await site.user_token_file("alice", "alice", "storage.read:/store")
-    backend = LocalBackend(state_dir=str(work / "clusters"))
+    backend = LocalBackend(state_dir=str(work / "clusters"), same_user=True)  # the benchmark's own OS user
     tls = generate_cluster_tls("bench").as_dict()
     try:
         await backend.start()
-        env = site.env(user_file, cache=False)
-        spec = ClusterSpec(id="benchdata", owner="alice", options={"cores": 1, "memory": 4.0}, env=env, tls=tls)
+        # the backend writes the cluster's token files and points BEARER_TOKEN_FILE at them, as in production
+        env = site.env(None, cache=False)
+        spec = ClusterSpec(id="benchdata", owner="alice", options={"cores": 1, "memory": 4.0}, env=env, tls=tls,
+                           tokens={"xrootd": user_file.read_text()})
         info = await backend.start_scheduler(spec)
         spec.backend_state = info.backend_state
         await backend.submit_workers(spec, 1)
@@ -91,5 +94,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="4 MB, one read per mode: checks the script")
     args = parser.parse_args()
+    if args.quick:
+        args.size_mb, args.repeat = 4, 1
     sys.exit(asyncio.run(main(args.size_mb, args.repeat)))

@@ -4,7 +4,9 @@ Runs the service under a real hub and asks through the hub's proxy like a user. 
 the same run: GET /health through the same proxy (the floor: proxy + tornado, no auth, no data) and
 GET /clusters while the user holds 10 clusters. Targets: p50 < 20 ms, < 50 KB RSS per cluster.
 
-    .venv/bin/python benchmarks/service_scale.py [--clusters 1000] [--requests 200]
+    .venv/bin/python benchmarks/service_scale.py [--clusters 1000] [--requests 200] [--quick]
+
+``--quick`` (what CI runs): 20 clusters, 20 requests; it checks the script, not the figures.
 """
 
 from __future__ import annotations
@@ -119,5 +121,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="20 clusters, 20 requests: checks the script")
     args = parser.parse_args()
+    if args.quick:
+        args.clusters, args.requests = 20, 20
     asyncio.run(main(args.clusters, args.requests))

@@ -94,7 +94,8 @@ async def test_dask_worker_reads_through_the_cache_with_tokens_the_service_keeps
     cached = stack.cache_root / OTHER_FILE.lstrip("/")
     assert not cached.exists()
 
-    backend = LocalBackend(state_dir=str(tmp_path / "clusters"))
+    # one OS user here: the clusters run as the test's (the data-access path, not user isolation, is tested)
+    backend = LocalBackend(state_dir=str(tmp_path / "clusters"), same_user=True)
     await backend.start()
     tls = generate_cluster_tls("data0001").as_dict()
     spec = ClusterSpec(id="data0001", owner="alice", options={"cores": 1, "memory": 1.0}, env=env, tls=tls,
