@@ -51,15 +51,46 @@ def test_list_text_and_json(env, capsys):
         200,
         [cluster_json("c1"), cluster_json("c2", "failed", reason="scheduler exited")],
     )
-    code, out, err = run(capsys, "list")
+    code, out, err = run(capsys, "list", "--all")
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "STATUS", "WORKERS", "PENDING", "HELD", "FAILED", "CREATED"]
     assert lines[1].split()[:3] == ["c1", "running", "1/2"]
     assert "failed (scheduler exited)" in lines[2]
-    code, out, _ = run(capsys, "--json", "list")
+    code, out, _ = run(capsys, "--json", "list", "--all")
     assert code == 0 and [c["id"] for c in json.loads(out)] == ["c1", "c2"]
     assert env.requests[-1].headers["Authorization"] == f"token {TOKEN}"
+
+
+def test_list_shows_active_clusters_unless_asked(env, capsys):
+    env.routes[("GET", API + "clusters")] = (200, [
+        cluster_json("c1"), cluster_json("c2", "stopped"), cluster_json("c3", "pending"),
+        cluster_json("c4", "failed", reason="no slots"), cluster_json("c5", "starting"), cluster_json("c6", "stopping"),
+    ])
+
+    def listed(*args):
+        code, out, err = run(capsys, "--json", "list", *args)
+        assert (code, err) == (0, "")
+        return [c["id"] for c in json.loads(out)]
+
+    assert listed() == ["c1", "c3", "c5"]  # like dask-gateway: pending, starting, running
+    assert listed("--all") == ["c1", "c2", "c3", "c4", "c5", "c6"]
+    assert listed("--status", "failed", "--status", "stopped") == ["c2", "c4"]
+    with pytest.raises(SystemExit) as info:
+        main(["list", "--status", "gone"])
+    assert info.value.code == 2
+
+
+def test_list_clusters_of_the_hub_filters_like_the_cli(env):
+    from cmsaf_hub.client import Hub
+
+    env.routes[("GET", API + "clusters")] = (200, [cluster_json("c1"), cluster_json("c2", "stopped")])
+    with Hub() as hub:
+        assert [r.id for r in hub.list_clusters()] == ["c1"]
+        assert [r.id for r in hub.list_clusters(status="all")] == ["c1", "c2"]
+        assert [r.id for r in hub.list_clusters(status=["stopped"])] == ["c2"]
+        with pytest.raises(ValueError, match="unknown cluster status 'gone'; valid: pending, starting, running"):
+            hub.list_clusters(status="gone")
 
 
 def test_create_sends_typed_options_and_waits(env, capsys):
@@ -70,6 +101,22 @@ def test_create_sends_typed_options_and_waits(env, capsys):
     assert json.loads(out)["status"] == "running"
     (post,) = [r for r in env.requests if r.method == "POST"]
     assert json.loads(post.body) == {"options": {"workers": 3, "cores": 2}}
+
+
+def test_create_wait_prints_the_dashboard_and_the_scheduler(env, capsys):
+    env.routes[("POST", API + "clusters")] = (201, cluster_json("c7", "pending"))
+    env.routes[("GET", API + "clusters/c7")] = [(200, cluster_json("c7", "pending")), (200, cluster_json("c7"))]
+    code, out, err = run(capsys, "create", "--wait")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "c7",
+        "  dashboard: http://127.0.0.1/services/cmsaf/clusters/c7/dashboard/status",
+        "  scheduler: ws://127.0.0.1/services/cmsaf/clusters/c7/comm  (HubCluster.from_id('c7') connects)",
+    ]
+    # without --wait, only the id (scripts capture it)
+    env.routes[("GET", API + "clusters/c7")] = (200, cluster_json("c7", "pending"))
+    code, out, _ = run(capsys, "create")
+    assert (code, out) == (0, "c7\n")
 
 
 def test_create_that_fails_exits_1_with_the_reason(env, capsys):

@@ -39,7 +39,7 @@ from .errors import (
 )
 from .http import ServiceAPI, options_schema, wait_until_running
 from .options import parse_text, validate_options
-from .report import ClusterReport
+from .report import STATUSES, ClusterReport, select_statuses
 
 PROG = "cmsaf-dask"
 
@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    commands.add_parser("list", help="list your clusters")
+    listing = commands.add_parser("list", help="list your active clusters (pending, starting, running)")
+    shown = listing.add_mutually_exclusive_group()
+    shown.add_argument("--all", action="store_true", help="also stopping, stopped and failed clusters")
+    shown.add_argument("--status", action="append", choices=STATUSES, help="only clusters in this status (repeatable)")
 
     create = commands.add_parser("create", help="create a cluster")
     for name, text in OPTION_FLAGS.items():
@@ -166,22 +169,31 @@ def format_report(r: ClusterReport) -> str:
     )
 
 
+def format_running(r: ClusterReport) -> str:
+    """A cluster that just started: its id, then where to look and where to connect."""
+    return (f"{r.id}\n"
+            f"  dashboard: {r.dashboard_link or '(none)'}\n"
+            f"  scheduler: {r.scheduler_address or '(none)'}  (HubCluster.from_id({r.id!r}) connects)")
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
 async def run_command(args: argparse.Namespace, api: ServiceAPI) -> tuple[Any, str]:
     """Do what ``args`` asks; return (JSON result, text result)."""
     if args.command == "list":
-        reports = [ClusterReport.from_json(c) for c in await api.list_clusters()]
+        keep = select_statuses("all" if args.all else args.status)
+        reports = [r for r in map(ClusterReport.from_json, await api.list_clusters()) if r.status in keep]
         return [r.raw for r in reports], format_table(reports)
 
     if args.command == "create":
         schema = options_schema(await api.get_options())
         options = {name: parse_text(schema, name, text) for name, text in requested_options(args)}
         report = ClusterReport.from_json(await api.create_cluster(validate_options(schema, options)))
-        if args.wait:
-            report = await wait_until_running(api, report, args.timeout)
-        return report.raw, report.id
+        if not args.wait:
+            return report.raw, report.id
+        report = await wait_until_running(api, report, args.timeout)
+        return report.raw, format_running(report)
 
     if args.command == "scale":
         report = ClusterReport.from_json(await api.scale(args.cluster_id, args.workers))

@@ -235,3 +235,10 @@ class HubCluster(Cluster):
         if not self.asynchronous:
             self._loop_runner.stop()
         return result
+
+    def shutdown(self, timeout: float | None = None):
+        """Stop the cluster on the service and close this handle, whatever ``shutdown_on_close`` says
+        (as dask-gateway's ``GatewayCluster.shutdown``): a cluster reconnected with ``from_id`` is
+        otherwise left running by ``close``. Await it in asynchronous mode."""
+        self.shutdown_on_close = True
+        return self.close(timeout=timeout)

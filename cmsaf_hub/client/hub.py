@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from distributed.utils import LoopRunner, SyncMethodMixin
@@ -9,7 +10,7 @@ from distributed.utils import LoopRunner, SyncMethodMixin
 from .config import HubConfig, resolve_config
 from .http import ServiceAPI, options_schema, wait_until_running
 from .options import OptionsSchema, validate_options
-from .report import ClusterReport
+from .report import ClusterReport, select_statuses
 
 class Hub(SyncMethodMixin):
     """List, create, connect to and stop your clusters.
@@ -62,12 +63,14 @@ class Hub(SyncMethodMixin):
         """The JSON Schema of the options the service accepts from you (bounds can depend on your groups)."""
         return self.sync(self._cluster_options)
 
-    async def _list_clusters(self) -> list[ClusterReport]:
-        return [ClusterReport.from_json(c) for c in await self._api.list_clusters()]
+    async def _list_clusters(self, status: str | Iterable[str] | None = None) -> list[ClusterReport]:
+        keep = select_statuses(status)
+        return [r for r in map(ClusterReport.from_json, await self._api.list_clusters()) if r.status in keep]
 
-    def list_clusters(self) -> list[ClusterReport]:
-        """Your clusters as the service knows them."""
-        return self.sync(self._list_clusters)
+    def list_clusters(self, status: str | Iterable[str] | None = None) -> list[ClusterReport]:
+        """Your clusters as the service knows them: by default the active ones (pending, starting,
+        running), like dask-gateway; ``status="all"``, one status or a list of statuses for others."""
+        return self.sync(self._list_clusters, status)
 
     async def _get_cluster(self, cluster_id: str) -> ClusterReport:
         return ClusterReport.from_json(await self._api.get_cluster(cluster_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,24 @@ from typing import Any
 ENDING_STATUSES = frozenset({"stopping", "stopped", "failed"})
 #: The status in which the scheduler accepts clients.
 RUNNING = "running"
+#: Every status the service reports, in lifecycle order.
+STATUSES = ("pending", "starting", "running", "stopping", "stopped", "failed")
+#: What listings show by default, like dask-gateway's ``list_clusters``: clusters that run or will.
+ACTIVE_STATUSES = ("pending", "starting", "running")
+
+
+def select_statuses(status: str | Iterable[str] | None) -> frozenset[str]:
+    """The statuses a listing keeps: ``None`` → the active ones, ``"all"`` → every one, or the names given."""
+    if status is None:
+        return frozenset(ACTIVE_STATUSES)
+    names = [status] if isinstance(status, str) else list(status)
+    if names == ["all"]:
+        return frozenset(STATUSES)
+    unknown = [n for n in names if n not in STATUSES]
+    if unknown:
+        raise ValueError(f"unknown cluster status {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(STATUSES)} (or 'all')")
+    return frozenset(names)
 
 
 @dataclass(frozen=True)
