@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from cmsaf_hub.service.crypto import new_crypt_key
 from devstack.hub import free_port
@@ -22,6 +25,10 @@ c.Reconciler.backoff_base = 0.2
 c.LocalBackend.stop_grace = 3
 c.CmsafService.owner_check_interval = 1
 c.CmsafService.user_cache_seconds = 0.5
+# The HTTP surface under test runs clusters as the service's own OS user (logged as a warning): the
+# test's users have no OS accounts and pytest's 0700 tree keeps other users out. Clusters running as
+# their owners, isolated, are tested with real OS users in tests/test_isolation_*.py.
+c.LocalBackend.same_user = True
 """
 
 
@@ -37,6 +44,18 @@ class ServiceHub:
 
     def client(self, token: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.api, headers={"Authorization": f"token {token}"}, timeout=60)
+
+    async def comm_answer(self, cluster_id: str, token: str) -> tuple[int, str]:
+        """The hub's answer to a scheduler-comm websocket upgrade carrying ``token``, as the hub comm
+        sends it: ``(101, "")`` when it opens, else the status and the ``error`` text of the refusal."""
+        url = self.hub.url.replace("http://", "ws://", 1) + f"services/cmsaf/clusters/{cluster_id}/comm"
+        request = HTTPRequest(url, headers={"Authorization": f"token {token}"}, request_timeout=60)
+        try:
+            ws = await websocket_connect(request)
+        except HTTPClientError as e:
+            return e.code, json.loads(e.response.body)["error"]
+        ws.close()
+        return 101, ""
 
     async def wait_ready(self, timeout: float = 60) -> None:
         async with httpx.AsyncClient(timeout=5) as http:

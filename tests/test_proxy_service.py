@@ -23,6 +23,8 @@ from devstack.service_hubs import start_service_hub
 
 pytestmark = pytest.mark.slow
 
+UNAUTHENTICATED = "Authentication required: log in to the hub or send 'Authorization: token <hub token>'."
+
 
 async def test_cluster_links_work_through_the_hub_for_owner_only(hub_factory, tmp_path):
     sh = await start_service_hub(hub_factory, tmp_path)
@@ -49,8 +51,8 @@ async def test_cluster_links_work_through_the_hub_for_owner_only(hub_factory, tm
         assert address.startswith("ws://") and address.endswith(f"/clusters/{cid}/comm")
         async with Client(address, security=hub_security(alice), asynchronous=True, timeout=30) as client:
             assert await client.submit(sum, [20, 22]) == 42
-        with pytest.raises(OSError):
-            await Client(address, security=hub_security(eve), asynchronous=True, timeout=3)
+        assert await sh.comm_answer(cid, alice) == (101, "")
+        assert await sh.comm_answer(cid, eve) == (403, "You may not use this cluster.")
 
         assert (await api.delete(f"clusters/{cid}")).status_code == 200
         await sh.wait_status(api, cid, "stopped")
@@ -96,10 +98,12 @@ async def test_an_outbound_only_worker_joins_the_real_service_cluster_with_the_o
             await asyncio.wait_for(wait(future), 60)
             assert future.status == "finished"
         assert join["credential"] not in log.read_text()
-        # the credential opens this cluster only, and is no hub token
-        with pytest.raises(OSError):
-            await Client(model["scheduler_address"], security=hub_security(join["credential"][::-1]),
-                         asynchronous=True, timeout=3)
+        # the credential opens this cluster, a wrong one nothing, and it is no hub token
+        assert await sh.comm_answer(cid, join["credential"]) == (101, "")
+        assert await sh.comm_answer(cid, join["credential"][::-1]) == (401, UNAUTHENTICATED)
+        async with sh.client(join["credential"]) as as_token:
+            r = await as_token.get("clusters")
+            assert r.status_code == 403 and "authentication required" in r.json()["error"], r.text
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)

@@ -78,8 +78,8 @@ async def test_lifecycle_isolation_and_admin(service_hub_factory, tmp_path):
         async with Client(model["scheduler_address"], security=hub_security(alice_token),
                           asynchronous=True, timeout=30) as via_hub:
             assert await via_hub.submit(lambda: "relayed") == "relayed"
-        with pytest.raises(OSError):
-            await Client(model["scheduler_address"], security=hub_security(bob_token), asynchronous=True, timeout=5)
+        assert await sh.comm_answer(cid, alice_token) == (101, "")
+        assert await sh.comm_answer(cid, bob_token) == (403, "You may not use this cluster.")
         dashboard = await alice.get(model["dashboard_link"])
         assert dashboard.status_code == 200 and "<html" in dashboard.text.lower()
 
