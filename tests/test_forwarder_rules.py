@@ -149,3 +149,51 @@ def test_worker_command_keeps_the_credential_off_the_command_line():
     assert cmd[1:4] == ["-m", "distributed.cli.dask_worker", "wss://hub/services/cmsaf/clusters/x/comm"]
     assert cmd[cmd.index("--protocol") + 1] == "tcp"
     assert "cmsaf_hub.comm" in cmd and cmd[-2:] == ["--nthreads", "2"]
+
+
+# --- the fast path (hub:// and hubs://) -----------------------------------------------------------
+
+
+def test_fast_addresses_are_built_from_the_public_url_with_explicit_ports():
+    from cmsaf_hub.service.forwarder import fast_address, tls_path
+
+    assert tls_path("/services/cmsaf/", "c1") == "/services/cmsaf/clusters/c1/tls"
+    assert fast_address("https://hub.example/services/cmsaf/", "c1") == "hubs://hub.example:443/services/cmsaf/clusters/c1/tls"
+    assert fast_address("http://127.0.0.1:8000/services/cmsaf/", "c1") == "hub://127.0.0.1:8000/services/cmsaf/clusters/c1/tls"
+    assert fast_address("/services/cmsaf/", "c1") is None  # host-relative links: no address to dial
+
+
+def test_fast_addresses_parse_and_resolve_through_distributed():
+    loc = "hub.example:443/services/cmsaf/clusters/c1/tls"
+    assert comm.split_hub_address(loc, tls=True) == ("hub.example", 443, "/services/cmsaf/clusters/c1/tls")
+    assert comm.split_hub_address("hub.example/services/cmsaf/clusters/c1/tls", tls=True)[1] == 443
+    assert comm.split_hub_address("hub.example/services/cmsaf/clusters/c1/tls", tls=False)[1] == 80
+    with pytest.raises(ValueError, match="not a hub cluster address"):
+        comm.split_hub_address("hub.example:443/services/cmsaf/clusters/c1/comm", tls=True)
+    # a worker or nanny given such an address picks its own listen host from it
+    assert get_address_host("hubs://127.0.0.1:443/services/cmsaf/clusters/c1/tls") == "127.0.0.1"
+    assert resolve_address("hub://localhost:80/services/cmsaf/clusters/c1/tls") == (
+        "hub://127.0.0.1:80/services/cmsaf/clusters/c1/tls")
+    assert get_local_address_for("hubs://127.0.0.1:443/services/cmsaf/clusters/c1/tls").startswith("hubs://127.0.0.1")
+
+
+def test_the_101_answer_is_checked_against_rfc6455():
+    # RFC 6455 section 1.3's example key and answer
+    assert comm.websocket_accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    request = comm.upgrade_request("hub", 443, "/p/tls", "k==", {"Authorization": "token t"}).decode()
+    assert request.startswith("GET /p/tls HTTP/1.1\r\nHost: hub:443\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+    assert request.endswith("Authorization: token t\r\n\r\n")
+
+
+def test_hub_refusals_name_the_status_and_the_services_message():
+    fatal = comm.refusal(403, "Forbidden", b'{"error": "You may not use this cluster."}', "hub://h:1/p/tls")
+    assert isinstance(fatal, comm.HubRefusedFatal) and isinstance(fatal, OSError)
+    assert str(fatal) == "the hub refused hub://h:1/p/tls: 403 You may not use this cluster."
+    retry = comm.refusal(503, "Service Unavailable", b"<html>", "hub://h:1/p/tls")
+    assert not isinstance(retry, comm.HubRefusedFatal)  # a starting cluster: distributed retries
+    assert str(retry) == "the hub refused hub://h:1/p/tls: 503 Service Unavailable"
+
+
+def test_fast_path_target_keeps_the_key_out_of_repr():
+    t = Target("c1", "alice", ClusterState.RUNNING, tls_pem=("CERT", "SECRET-KEY"), scheduler_tls_address="tls://x:1")
+    assert "SECRET-KEY" not in repr(t) and "tls://x:1" in repr(t)
