@@ -21,8 +21,12 @@ from pathlib import Path
 
 import httpx
 
+from cmsaf_hub.service.crypto import write_secret_file
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = REPO_ROOT / "jupyterhub_config.py"
+#: Never passed to the hub as values (they would reach the proxy and be stored): files instead.
+SECRET_VARIABLES = frozenset({"JUPYTERHUB_CRYPT_KEY", "CMSAF_IAM_CLIENT_SECRET", "CMSAF_SERVICE_CRYPT_KEY"})
 
 
 class HubError(RuntimeError):
@@ -141,6 +145,8 @@ class HubProcess:
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # traversable (sessions and clusters below belong to their users), not listable
+        self.state_dir.chmod(0o711)
         if not self.port:
             self.port = free_port()
         self.hub_port = free_port()
@@ -155,9 +161,18 @@ class HubProcess:
     def api_url(self) -> str:
         return f"{self.url}hub/api"
 
+    def secret_file(self, name: str, value: str) -> str:
+        """``value`` in a 0600 file under ``<state_dir>/secrets`` (0700): how secrets reach the hub."""
+        directory = self.state_dir / "secrets"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        directory.chmod(0o700)
+        path = directory / name
+        write_secret_file(path, value)
+        return str(path)
+
     def process_env(self) -> dict[str, str]:
-        """The environment that ``jupyterhub_config.py`` reads."""
-        env = dict(os.environ)
+        """The environment that ``jupyterhub_config.py`` reads; secrets only as file names."""
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         env.update(
             {
                 "CMSAF_HUB_URL": self.url,
@@ -166,8 +181,8 @@ class HubProcess:
                 "CMSAF_STATE_DIR": str(self.state_dir),
                 "CMSAF_IAM_ISSUER": self.iam.issuer,
                 "CMSAF_IAM_CLIENT_ID": self.iam.client_id,
-                "CMSAF_IAM_CLIENT_SECRET": self.iam.client_secret,
-                "JUPYTERHUB_CRYPT_KEY": self.crypt_key,
+                "CMSAF_IAM_CLIENT_SECRET_FILE": self.secret_file("iam-client-secret", self.iam.client_secret),
+                "JUPYTERHUB_CRYPT_KEY_FILE": self.secret_file("jupyterhub-crypt-key", self.crypt_key),
             }
         )
         if self.iam.ca_cert:
@@ -176,20 +191,21 @@ class HubProcess:
         return env
 
     def write_config(self) -> Path:
-        """The config the process runs: the repository's file, then the caller's additions."""
+        """The config the process runs: the repository's file, then the caller's additions (0600:
+        they may hold tokens)."""
         path = self.state_dir / "jupyterhub_config.py"
-        path.write_text(
+        write_secret_file(path, (
             "c = get_config()  # noqa\n"
             f"load_subconfig({str(self.config_file)!r})  # noqa\n"
             f"{self.extra_config}\n"
-        )
+        ))
         return path
 
     async def start(self) -> None:
         if not port_is_free(self.port):
             raise HubError(f"port {self.port} on 127.0.0.1 is already in use; stop what uses it or pick another")
         config = self.write_config()
-        log = open(self.log_path, "ab")
+        log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "jupyterhub", "-f", str(config),

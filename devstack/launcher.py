@@ -1,25 +1,38 @@
 """``cmsaf-demo``: the whole cmsaf-hub stack on 127.0.0.1, for newcomers and for trying changes.
 
 Starts the dev IAM (HTTPS, dev CA) and JupyterHub with configurable-http-proxy from the repository's
-``jupyterhub_config.py``, prints where to go and who can log in, and stops everything on Ctrl-C.
-State (CA, IAM signing key, hub database, crypt key) is kept in ``--state-dir`` between runs.
+``jupyterhub_config.py``, prints where to go and who can log in, and stops everything on Ctrl-C,
+the users' Dask clusters included. Run as root, it creates an OS user per demo account so that each
+user's sessions and clusters run as their own (isolated); otherwise it says plainly that they are
+not. State (CA, IAM signing key, hub database, crypt keys, 0600) is kept in ``--state-dir``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import sys
 from pathlib import Path
 
+from cmsaf_hub.service.backends.local import LocalBackend
 from cmsaf_hub.service.crypto import new_crypt_key
-from devstack.hub import REPO_ROOT, HubError, HubProcess, IAMClientSettings, port_is_free
+from devstack.hub import (
+    REPO_ROOT,
+    HubError,
+    HubProcess,
+    IAMClientSettings,
+    create_system_user,
+    port_is_free,
+    shared_python,
+)
 from devstack.datademo import SAMPLES, XCACHE_CLIENT, DemoData, keep_cache_token_fresh, start_demo_data
-from devstack.iam import HUB_GRANT_TYPES, DevIAM, DevIAMError
+from devstack.iam import DEFAULT_USERS_FILE, HUB_GRANT_TYPES, DevIAM, DevIAMError
 from devstack.xrootd import XRootDError, missing_prerequisites
 
 HUB_CLIENT_ID = "cmsaf-hub"
@@ -68,18 +81,48 @@ def check_prerequisites(args: argparse.Namespace) -> None:
             raise LaunchError(f"port {port} on 127.0.0.1 is in use: stop what uses it or pass {name} <other port>")
 
 
+def isolate_users(state: Path, usernames: list[str]) -> tuple[dict[str, str], str]:
+    """Make each demo user's sessions and clusters run as their own OS account, if this machine lets us.
+
+    Returns the hub settings and the banner's line saying plainly what the demo's users are
+    isolated from (nothing, without root: they all run as the demo's own OS user)."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    not_isolated = (f"NOT isolated: every demo user's sessions and clusters run as {me}, so each user's code "
+                    "reads the others' tokens and keys")
+    if os.geteuid() != 0:
+        return {"CMSAF_SAME_USER": "on"}, f"{not_isolated} (start the demo as root to isolate them)"
+    python = shared_python(state / "user-env")
+    if python is None:
+        return {"CMSAF_SAME_USER": "on"}, f"{not_isolated} (no Python that other OS users may run: {sys.executable})"
+    created = [name for name in usernames if create_system_user(name)]
+    settings = {} if python == sys.executable else {"CMSAF_USER_PYTHON": python}
+    made = f"; created OS users {', '.join(created)}" if created else ""
+    return settings, f"isolated: each user's sessions and clusters run as their own OS user{made}"
+
+
+async def stop_clusters(hub_state: Path) -> set[str]:
+    """Stop every local cluster the demo's service started (they outlive the service by design)."""
+    return await LocalBackend(state_dir=str(hub_state / "cmsaf-local-clusters"), stop_grace=3).remove_all_clusters()
+
+
 async def run(args: argparse.Namespace) -> None:
     state = args.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o711)  # the users' sessions and clusters are below it; every secret in it is 0600
     client_secret = _persistent_secret(state / "hub-client-secret", lambda: secrets.token_urlsafe(32))
     crypt_key = _persistent_secret(state / "crypt-key", lambda: secrets.token_hex(32))
     # kept, so that the service re-adopts running clusters after a restart of the demo
-    service_key = _persistent_secret(state / "service-crypt-key", new_crypt_key)
+    service_key_file = state / "service-crypt-key"
+    _persistent_secret(service_key_file, new_crypt_key)
+    usernames = [user["username"] for user in json.loads(DEFAULT_USERS_FILE.read_text())["users"]]
+    isolation_env, isolation = isolate_users(state, usernames)
     hub = HubProcess(
         state_dir=state / "hub",
         iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=client_secret),
         crypt_key=crypt_key,
         port=args.port,
-        env={"CMSAF_SERVICE_PORT": str(args.service_port), "CMSAF_SERVICE_CRYPT_KEY": service_key},
+        env={"CMSAF_SERVICE_PORT": str(args.service_port), "CMSAF_SERVICE_CRYPT_KEY_FILE": str(service_key_file),
+             **isolation_env},
     )
     data_reason = "turned off (--no-data)" if args.no_data else missing_prerequisites()
     iam = DevIAM(
@@ -106,19 +149,22 @@ async def run(args: argparse.Namespace) -> None:
             hub.env.update(data.hub_env)
             background.append(asyncio.create_task(keep_cache_token_fresh(iam, data.stack, args.token_lifetime)))
         await hub.start()
-        print(banner(hub, iam, data, data_reason), flush=True)
+        print(banner(hub, iam, data, data_reason, isolation), flush=True)
         await stop.wait()
         print("\ncmsaf-demo: stopping…", flush=True)
     finally:
         for task in background:
             task.cancel()
         await hub.stop()
+        stopped = await stop_clusters(hub.state_dir)
+        if stopped:
+            print(f"cmsaf-demo: stopped {len(stopped)} Dask cluster(s)", flush=True)
         if data:
             await data.stack.stop()
         await iam.stop()
 
 
-def banner(hub: HubProcess, iam: DevIAM, data: DemoData | None, data_reason: str | None) -> str:
+def banner(hub: HubProcess, iam: DevIAM, data: DemoData | None, data_reason: str | None, isolation: str) -> str:
     users = "\n".join(
         f"    {u['username']:<6} password {u['password']:<16} groups {' '.join(u['groups']) or '(none)'}"
         for u in (iam.user(n) for n in ("alice", "bob", "eve"))
@@ -129,6 +175,7 @@ def banner(hub: HubProcess, iam: DevIAM, data: DemoData | None, data_reason: str
         f"  Dask clusters: {hub.url}services/cmsaf/  (API: {hub.url}services/cmsaf/api/v1/)\n"
         f"  Dev IAM: {iam.issuer}  (CA: {iam.ca_cert})\n"
         f"  Users:\n{users}\n"
+        f"  Users are {isolation}.\n"
         + (f"  Data:    origin {data.hub_env['CMSAF_XROOTD_ORIGIN']}, XCache {data.hub_env['CMSAF_XCACHE_URL']}; "
            f"samples {', '.join(SAMPLES)} (examples/read-data-on-a-cluster.ipynb)\n"
            if data else f"  Data:    no local XRootD site: {data_reason}\n")

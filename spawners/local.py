@@ -7,11 +7,15 @@ refresher runs for exactly the server's life. The directory is removed when the 
 
 Two ways to map hub users to OS users:
 
-- ``run_as_hub_user = False`` (JupyterHub's usual way): a system user per hub user; sessions
-  setuid to it and the files are chowned to it.
-- ``run_as_hub_user = True`` (the demo, a container where the hub runs as root and no per-user
-  accounts exist): sessions run as the hub's own OS user with ``HOME`` at
-  ``<session_root>/<username>/home``. Users are then not isolated from each other: dev only.
+- ``run_as_hub_user = False`` (the default, JupyterHub's usual way): a system user per hub user;
+  sessions setuid to it and the files are chowned to it. The hub runs as root.
+- ``run_as_hub_user = True`` (the demo when it cannot create OS users): sessions run as the hub's
+  own OS user with ``HOME`` at ``<session_root>/<username>/home``. Users are then NOT isolated from
+  each other nor from the hub (its database, the service's files): logged as a warning at each spawn.
+
+The session's environment is JupyterHub's (``env_keep`` + the hub's variables for the session)
+plus :func:`spawners.tokens.session_env`, with the session Python's ``bin`` first on ``PATH`` —
+never the hub's own environment.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from .tokenfiles import ensure_token_dir, write_token_files
 from .tokens import token_files
 
 
+def session_path(env: dict[str, str], python: str) -> dict[str, str]:
+    """``env`` with the session Python's ``bin`` first on ``PATH`` (pure)."""
+    bin_dir = os.path.dirname(python)
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bin_dir]
+    return {**env, "PATH": os.pathsep.join([bin_dir, *rest])}
+
+
 class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
     """LocalProcessSpawner whose sessions hold fresh audience-scoped token files."""
 
@@ -40,6 +51,22 @@ class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
         help="""Run every session as the hub's own OS user instead of a system user named like
         the hub user, with ``HOME`` at ``<session_root>/<username>/home``. For demos and
         single-user development only: sessions are not isolated from each other.""",
+    ).tag(config=True)
+
+    python = Unicode(
+        sys.executable,
+        help="""Interpreter of the session environment (the one with cmsaf-hub, Jupyter and the
+        analysis software); every user's OS account must be able to run it. It runs the refresher
+        and, unless ``cmd`` is set, the notebook server; its ``bin`` directory leads ``PATH`` in the
+        session, so ``python3`` and ``cmsaf-dask`` in a terminal are this environment's.""",
+    ).tag(config=True)
+
+    terminal_login_shell = Bool(
+        False,
+        help="""Start terminals with a login shell (Jupyter's default when the server has no
+        terminal). A login shell reads /etc/profile, which resets ``PATH`` on Debian, so ``python3``
+        there is the system's; off, terminals run the user's shell as an interactive non-login
+        shell that keeps the session's ``PATH`` (``~/.bashrc`` still runs).""",
     ).tag(config=True)
 
     session_root = Unicode(
@@ -58,13 +85,12 @@ class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
 
     @default("cmd")
     def _default_cmd(self) -> list[str]:
-        # The hub's own jupyterhub-singleuser, so sessions work without the venv on PATH.
-        beside_hub = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
-        return [beside_hub] if os.path.exists(beside_hub) else ["jupyterhub-singleuser"]
+        # The session environment's own server, so sessions work without it on the hub's PATH.
+        return [self.python, "-m", "jupyterhub.singleuser"]
 
     @default("session_wrapper")
     def _default_session_wrapper(self) -> list[str]:
-        return [sys.executable, "-m", "spawners.session", "--"]
+        return [self.python, "-m", "spawners.session", "--"]
 
     @default("token_dir")
     def _default_token_dir(self) -> str:
@@ -75,7 +101,14 @@ class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
         if self.run_as_hub_user and os.getuid() == 0:
             # The demo's hub runs as root (a container); Jupyter refuses root unless told.
             args.append("--ServerApp.allow_root=True")
+        if not self.terminal_login_shell:
+            shell = self.user_env({})["SHELL"]
+            args.append(f"--ServerApp.terminado_settings={{'shell_command': [{shell!r}]}}")
         return args
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        return session_path(env, self.python)
 
     def session_home(self) -> str:
         return os.path.join(self.session_root, self.user.name, "home")
@@ -89,7 +122,9 @@ class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
 
     def user_env(self, env: dict[str, str]) -> dict[str, str]:
         if not self.run_as_hub_user:
-            return super().user_env(env)
+            env = super().user_env(env)
+            env["SHELL"] = env.get("SHELL") or "/bin/sh"
+            return env
         env["USER"] = self.user.name
         env["HOME"] = self.session_home()
         env["SHELL"] = pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
@@ -113,6 +148,11 @@ class IAMLocalSpawner(TokenDeliveryMixin, LocalProcessSpawner):
         write_token_files(token_dir, files, uid=uid, gid=gid)
 
     async def start(self):
+        if self.run_as_hub_user:
+            self.log.warning(
+                "IAMLocalSpawner.run_as_hub_user is on: %s's session runs as the hub's OS user, NOT isolated from "
+                "other users' sessions nor from the hub's files", self._log_name,
+            )
         tokens = await self.load_session_tokens()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.prepare_session_dirs, token_files(tokens))

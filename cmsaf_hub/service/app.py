@@ -30,7 +30,7 @@ from .broker import Broker, broker_handlers
 from .backends.local import LocalBackend
 from .cluster_tokens import ClusterTokenKeeper
 from ..comm import CREDENTIAL_ENV
-from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys
+from .crypto import CRYPT_KEY_ENV, SecretBox, parse_crypt_keys, read_crypt_keys
 from .gateway import DaskGateway, SNIPassthrough, gateway_api_handlers
 from .forwarder import ClusterState, Target, fast_address, forwarder_handlers, hash_credential
 from .hubapi import HubAPI, HubAPIError
@@ -106,12 +106,14 @@ class CmsafService(Application):
     ).tag(config=True)
 
     crypt_keys = Unicode(
-        help=f"Fernet key(s), ';'-separated (the first encrypts), for per-cluster secrets at rest (env {CRYPT_KEY_ENV})."
+        help=f"""Fernet key(s), ';'-separated (the first encrypts), for per-cluster secrets at rest.
+        Default: the 0600 file named by ${CRYPT_KEY_ENV}_FILE (how the hub hands it over: a
+        service's environment is stored in the hub's database), else ${CRYPT_KEY_ENV}."""
     ).tag(config=True)
 
     @default("crypt_keys")
     def _default_crypt_keys(self) -> str:
-        return os.environ.get(CRYPT_KEY_ENV, "")
+        return read_crypt_keys(os.environ)
 
     backend_class = Type(
         LocalBackend, klass=Backend, help="The backend class (import string allowed)."

@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
 
 from cryptography import x509
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -21,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 CRYPT_KEY_ENV = "CMSAF_SERVICE_CRYPT_KEY"
+#: The 0600 file holding the key(s): how the hub hands them to the service.
+CRYPT_KEY_FILE_ENV = CRYPT_KEY_ENV + "_FILE"
 
 
 class CryptError(Exception):
@@ -80,6 +84,28 @@ def new_crypt_key() -> str:
     return Fernet.generate_key().decode()
 
 
+def read_crypt_keys(environ: Mapping[str, str]) -> str:
+    """The key text from the file named by ``$CMSAF_SERVICE_CRYPT_KEY_FILE``, else the variable itself."""
+    path = environ.get(CRYPT_KEY_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read {CRYPT_KEY_FILE_ENV}={path}: {e.strerror}") from None
+    return environ.get(CRYPT_KEY_ENV, "")
+
+
+def write_secret_file(path: str | os.PathLike, value: str) -> None:
+    """Write ``value`` to ``path``, mode 0600 from its first byte (replacing any older file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    os.replace(tmp, path)
+
+
 class SecretBox:
     """Encrypts and decrypts small secrets with one or more Fernet keys."""
 
@@ -94,7 +120,7 @@ class SecretBox:
 
     @classmethod
     def from_env(cls) -> "SecretBox":
-        return cls(parse_crypt_keys(os.environ.get(CRYPT_KEY_ENV, "")))
+        return cls(parse_crypt_keys(read_crypt_keys(os.environ)))
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from .crypto import CRYPT_KEY_ENV, new_crypt_key
+from .crypto import CRYPT_KEY_ENV, CRYPT_KEY_FILE_ENV, new_crypt_key, write_secret_file
 
 SERVICE_NAME = "cmsaf"
+#: Where :func:`cluster_service` keeps the service's crypt key when it is not given a file.
+CRYPT_KEY_FILE_NAME = "cmsaf-service-crypt-key"
 
 #: What the service's own hub token may do: look users up (admin flag, groups, existence) and
 #: read auth_state for the token endpoint and for backends that submit with the user's tokens.
@@ -44,28 +47,46 @@ def cluster_service(
     db_url: str,
     backend: str = "local",
     crypt_key: str | None = None,
+    crypt_key_file: str | None = None,
     extra_env: dict[str, str] | None = None,
+    cluster_env: dict[str, str] | None = None,
     config_file: str | None = None,
     cwd: str | None = None,
+    args: list[str] | None = None,
 ) -> dict[str, Any]:
     """Append the managed service ``cmsaf`` and its roles to the JupyterHub config ``c``.
 
     ``url`` is where the service listens (the hub routes ``/services/cmsaf/`` to it),
     ``public_url`` the hub's public URL (for dashboard links and scheduler addresses),
-    ``backend`` "local", "htcondor" or a backend class import string. ``crypt_key`` encrypts
-    per-cluster secrets at rest: without it, $CMSAF_SERVICE_CRYPT_KEY is used, else a key is made
-    for this hub process only (clusters then cannot be re-adopted across hub restarts).
+    ``backend`` "local", "htcondor" or a backend class import string.
+
+    The crypt key (per-cluster secrets at rest) reaches the service as a 0600 file, never in its
+    environment, which JupyterHub stores in its database: ``crypt_key_file`` (or
+    ``$CMSAF_SERVICE_CRYPT_KEY_FILE``) names one; else ``crypt_key`` (or
+    ``$CMSAF_SERVICE_CRYPT_KEY``, removed from the hub's environment so the proxy does not inherit
+    it) is written to ``<cwd>/cmsaf-service-crypt-key``; else that file is reused, or made with a
+    new key (clusters are re-adopted across restarts as long as it is kept).
+
+    ``extra_env`` is added to the service's environment (no secrets: it is stored);
+    ``cluster_env`` becomes ``CmsafService.cluster_env``, the settings of every cluster's processes;
+    ``args`` are more command-line settings of the service (e.g. ``--LocalBackend.python=...``).
     Every hub user gets ``access:services!service=cmsaf``. Returns the service entry.
     """
-    key = crypt_key or os.environ.get(CRYPT_KEY_ENV) or new_crypt_key()
-    env = {CRYPT_KEY_ENV: key, "CMSAF_PUBLIC_URL": public_url, **(extra_env or {})}
+    key_file = crypt_key_file or os.environ.get(CRYPT_KEY_FILE_ENV) or _write_crypt_key(
+        cwd or os.getcwd(), crypt_key or os.environ.pop(CRYPT_KEY_ENV, None)
+    )
+    os.environ.pop(CRYPT_KEY_ENV, None)
+    env = {CRYPT_KEY_FILE_ENV: key_file, "CMSAF_PUBLIC_URL": public_url, **(extra_env or {})}
     for name in ("PYTHONPATH", "CMSAF_ISSUER"):
         if name in os.environ and name not in env:
             env[name] = os.environ[name]
+    command = service_command(db_url=db_url, backend=backend, config_file=config_file)
+    command += [f"--CmsafService.cluster_env={name}={value}" for name, value in sorted((cluster_env or {}).items())]
+    command += list(args or [])
     service = {
         "name": SERVICE_NAME,
         "url": url,
-        "command": service_command(db_url=db_url, backend=backend, config_file=config_file),
+        "command": command,
         "environment": env,
         "oauth_no_confirm": True,
         "display": True,
@@ -78,6 +99,17 @@ def cluster_service(
     )
     _grant_users_access(c.JupyterHub.load_roles, f"access:services!service={SERVICE_NAME}")
     return service
+
+
+def _write_crypt_key(directory: str, key: str | None) -> str:
+    """The service's key file in ``directory`` (0600): ``key``, else the file's key, else a new one."""
+    path = Path(directory) / CRYPT_KEY_FILE_NAME
+    if key is None and path.exists():
+        os.chmod(path, 0o600)
+        return str(path)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    write_secret_file(path, key or new_crypt_key())
+    return str(path)
 
 
 def _grant_users_access(roles: list[dict[str, Any]], scope: str) -> None:
