@@ -27,11 +27,13 @@ from .condor_jobs import (
     ATTR_CLUSTER,
     ATTR_DASHBOARD_ADDRESS,
     ATTR_OWNER,
+    ATTR_ROLE,
     ATTR_SCHEDULER_ADDRESS,
     ATTR_SCHEDULER_WS_ADDRESS,
     DEFAULT_JOB_ENV_ALLOWLIST,
     POLL_PROJECTION,
     SCHEDULER_PRELOAD_FILE,
+    ROLE_INPUTS,
     ROLE_WORKER,
     JobShape,
     any_cluster_constraint,
@@ -492,6 +494,8 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
         if cluster.backend_state.get("placement") == "service":
             logs.update(await self.scheduler_backend.logs(cluster))
         for ad in ads:
+            if ad.get(ATTR_ROLE) == ROLE_INPUTS:  # holds input files, never runs: nothing to say
+                continue
             name = f"{ad['ClusterId']}.{ad['ProcId']}"
             phase, reason = phase_of_queued(ad)
             line = f"HTCondor job {name}: {phase.value}" + (f" on {ad['RemoteHost']}" if ad.get("RemoteHost") else "")
