@@ -14,7 +14,7 @@ from tornado.tcpclient import TCPClient
 
 from ...comm import websocket_accept
 from .base import ForwarderHandler
-from .splice import splice
+from .splice import splice_in_kernel
 from .target import Target
 
 #: Request headers never sent to a dashboard: hop-by-hop ones, and the hub credentials (secrets the
@@ -167,7 +167,7 @@ class TLSRelayHandler(ForwarderHandler):
         except StreamClosedError:
             upstream.close()
             return
-        await splice(client, upstream, self.forwarder.chunk_size)
+        await splice_in_kernel(client, upstream)
 
     async def send_credentials(self, cluster_id: str) -> None:
         """The cluster's TLS certificate and key, to a token-bearing owner, admin or the cluster's workers."""

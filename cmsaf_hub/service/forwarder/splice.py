@@ -11,12 +11,17 @@ negotiated by the two ends), which is what configurable-http-proxy itself does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
+import socket
 import ssl
+import sys
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPHeaders, parse_response_start_line
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 #: Request headers not forwarded upstream: the hub credentials (secrets the scheduler has no use
@@ -100,3 +105,96 @@ async def splice(client: IOStream, upstream: IOStream, chunk_size: int) -> None:
         upstream.close()
         for task in tasks:
             task.cancel()
+
+
+# --- zero-copy splicing of plain TCP legs (the fast path, the dask-gateway proxy) -----------------
+
+#: Bytes a kernel pipe holds between the two sockets (Linux caps it at /proc/sys/fs/pipe-max-size).
+PIPE_SIZE = 1024 * 1024
+#: Seconds the other direction may keep sending after one side closed its sending half.
+HALF_CLOSE_TIMEOUT = 30.0
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+def can_splice_in_kernel() -> bool:
+    """Linux's ``splice(2)`` is there (Python >= 3.10): bytes move socket -> pipe -> socket in the kernel."""
+    return hasattr(os, "splice") and sys.platform.startswith("linux")
+
+
+def take_socket(stream: IOStream) -> socket.socket:
+    """The stream's connection as a plain non-blocking socket, the tornado stream closed.
+
+    Duplicating the descriptor first keeps the connection open when the stream closes its own.
+    """
+    assert stream.socket is not None
+    sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
+    stream.close()
+    sock.setblocking(False)
+    return sock
+
+
+async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, writable: bool) -> None:
+    ready = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+    add(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        remove(sock.fileno())
+
+
+async def _kernel_pipe(source: socket.socket, sink: socket.socket) -> None:
+    """One direction: ``splice`` from ``source`` into a pipe and from the pipe into ``sink`` until EOF."""
+    loop = asyncio.get_running_loop()
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        in_pipe = 0
+        while True:
+            if not in_pipe:
+                try:
+                    in_pipe = os.splice(source.fileno(), write_end, PIPE_SIZE, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    await _wait(loop, source, writable=False)
+                    continue
+                if not in_pipe:  # EOF: pass the half-close on
+                    with contextlib.suppress(OSError):
+                        sink.shutdown(socket.SHUT_WR)
+                    return
+            try:
+                in_pipe -= os.splice(read_end, sink.fileno(), in_pipe, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                await _wait(loop, sink, writable=True)
+    except (ConnectionError, OSError):
+        return
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def splice_in_kernel(client: IOStream, upstream: IOStream) -> None:
+    """:func:`splice` for two plain TCP streams, without the bytes ever entering Python.
+
+    Each direction goes socket -> pipe -> socket with ``splice(2)``; the event loop only learns
+    when a socket is readable or writable. Falls back to :func:`splice` where that is not possible
+    (not Linux, or a TLS stream).
+    """
+    streams = (client, upstream)
+    if (not can_splice_in_kernel() or any(isinstance(s, SSLIOStream) for s in streams)
+            or any(s._read_buffer_size for s in streams)):  # bytes tornado read ahead must be relayed too
+        await splice(client, upstream, PIPE_SIZE // 4)
+        return
+    a, b = take_socket(client), take_socket(upstream)
+    for sock in (a, b):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tasks = [asyncio.ensure_future(_kernel_pipe(a, b)), asyncio.ensure_future(_kernel_pipe(b, a))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        # one side finished sending: give the other direction its remaining bytes, then close
+        await asyncio.wait(tasks, timeout=HALF_CLOSE_TIMEOUT)
+    finally:
+        for task in tasks:
+            task.cancel()
+        a.close()
+        b.close()

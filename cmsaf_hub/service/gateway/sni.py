@@ -21,7 +21,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 from tornado.tcpserver import TCPServer
 
-from ..forwarder.splice import splice
+from ..forwarder.splice import splice_in_kernel
 
 #: TLS record type of handshake messages, and the ClientHello handshake type.
 HANDSHAKE_RECORD, CLIENT_HELLO = 22, 1
@@ -98,13 +98,12 @@ class SNIPassthrough(TCPServer):
     """Accepts ``gateway://`` connections and splices each to its cluster's scheduler, unread."""
 
     def __init__(self, resolve: SchedulerResolver, *, log: logging.Logger, handshake_timeout: float = 10.0,
-                 connect_timeout: float = 10.0, chunk_size: int = 256 * 1024):
+                 connect_timeout: float = 10.0):
         super().__init__()
         self.resolve = resolve
         self.log = log
         self.handshake_timeout = handshake_timeout
         self.connect_timeout = connect_timeout
-        self.chunk_size = chunk_size
 
     async def handle_stream(self, stream: IOStream, address: tuple) -> None:
         stream.set_nodelay(True)
@@ -131,4 +130,4 @@ class SNIPassthrough(TCPServer):
             self.log.warning("gateway proxy: scheduler of %s unreachable: %s", name, type(e).__name__)
             stream.close()
             return
-        await splice(stream, upstream, self.chunk_size)
+        await splice_in_kernel(stream, upstream)
