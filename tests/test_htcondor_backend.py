@@ -360,3 +360,28 @@ async def test_logs_summarise_each_job_of_the_cluster(backend):
     }
     [query] = calls(backend)
     assert query["args"][1] == 'member(CmsafCluster, {"c1"})' and "RemoteHost" in query["args"][2]
+
+
+async def test_stop_after_a_failed_start_looks_on_the_configured_schedd_never_a_local_one(backend):
+    write_script(backend.record_dir, query=[queue_ad("100.0", 1, "c1", role="scheduler")])
+    await backend.stop_cluster(spec(state={"schedd": None}))  # the start failed before a schedd was kept
+    query, act = calls(backend)
+    assert (query["args"][0], act["args"]) == ("schedd@pool", ["schedd@pool", "Remove", ["100.0"], "cmsaf: cluster stopped"])
+    backend.schedd_name = ""  # no configured schedd: every schedd the collector knows, asked as the owner
+    write_script(backend.record_dir, query=[], schedds=[{"Name": "a@pool"}, {"Name": "b@pool"}])
+    await backend.stop_cluster(spec(state={"schedd": None}))
+    assert [(c["method"], c["args"][0]) for c in calls(backend)[2:]] == [
+        ("schedds", ["Name"]), ("query", "a@pool"), ("query", "b@pool")]
+    assert {c["token"] for c in calls(backend)[2:]} == {TOKENS["alice"]["condor"]}
+
+
+async def test_a_removal_the_schedd_refused_is_raised_retryable_and_logged(backend, caplog):
+    write_script(backend.record_dir, act={"TotalSuccess": 0, "TotalPermissionDenied": 2})
+    cluster = spec(state={"scheduler_address": None})  # no scheduler to retire them through
+    with pytest.raises(BackendError) as info:
+        await backend.stop_workers(cluster, {"100.0": {"job": "100.0"}, "100.1": {"job": "100.1"}})
+    assert str(info.value) == "HTCondor removed 0 of 2 jobs (2 permission denied) while removing jobs (scaled down)"
+    assert info.value.retryable
+    assert "HTCondor removed 0 of 2 jobs (2 permission denied) (scaled down): 100.0, 100.1" in caplog.text
+    write_script(backend.record_dir, act={"TotalSuccess": 1, "TotalAlreadyDone": 1})  # positive control
+    await backend.stop_workers(cluster, {"100.0": {"job": "100.0"}, "100.1": {"job": "100.1"}})
