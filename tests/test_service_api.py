@@ -126,3 +126,57 @@ async def _record(sh, cid):
     box = SecretBox(parse_crypt_keys(sh.crypt_key))
     assert b"PRIVATE KEY" not in row[2]
     return {"address": row[0], "cert": row[1], "key": box.decrypt(row[2])}
+
+
+XSRF_REFUSAL = "changes need 'Authorization: token <hub API token>', or a page's XSRF token"
+
+
+def targets(model: dict) -> tuple:
+    """What a user's change sets (the backend moves the rest on its own)."""
+    return model["workers"]["requested"], model["adapt"], model["status"] in ("stopping", "stopped")
+
+
+async def test_every_cookie_authenticated_write_needs_the_pages_xsrf_token(service_hub_factory):
+    """A browser cookie alone changes nothing: create, scale, adapt and stop each refuse it (403) and
+    each works with the page's XSRF token; the dask-gateway API never takes a cookie (401)."""
+    import re
+
+    from devstack.login import login_via_iam
+
+    sh = await service_hub_factory(backend="benchmarks.noop_backend.NoopBackend")
+    prefix = "/services/cmsaf/"
+    api = f"{sh.hub.url}services/cmsaf/api/v1/"
+    async with await login_via_iam(sh.hub, "alice", "alice-password", next_url=prefix) as browser:
+        page = browser.login_response
+        assert page.status_code == 200, page.url
+        xsrf = {"X-XSRFToken": re.search(r'xsrf_token: "([^"]+)"', page.text).group(1)}
+        forged = {"X-XSRFToken": xsrf["X-XSRFToken"][:-4] + "AAAA"}
+
+        async def write(method: str, path: str, body: dict | None, headers: dict | None = None):
+            return await browser.request(method, api + path, json=body, headers=headers)
+
+        for headers in (None, forged):
+            r = await write("POST", "clusters", {"options": {"workers": 1}}, headers)
+            assert r.status_code == 403 and r.json()["error"] == XSRF_REFUSAL, r.text
+        assert (await browser.get(api + "clusters")).json() == []  # reads need no token; nothing was created
+        r = await write("POST", "clusters", {"options": {"workers": 1}}, xsrf)
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+
+        for method, path, body, check in [
+            ("POST", f"clusters/{cid}/scale", {"workers": 2}, lambda m: m["workers"]["requested"] == 2),
+            ("POST", f"clusters/{cid}/adapt", {"minimum": 1, "maximum": 3}, lambda m: m["adapt"] == {"minimum": 1, "maximum": 3}),
+            ("DELETE", f"clusters/{cid}", None, lambda m: m["status"] in ("stopping", "stopped")),
+        ]:
+            before = targets((await browser.get(api + f"clusters/{cid}")).json())
+            for headers in (None, forged):
+                r = await write(method, path, body, headers)
+                assert r.status_code == 403 and r.json()["error"] == XSRF_REFUSAL, (path, r.text)
+            assert targets((await browser.get(api + f"clusters/{cid}")).json()) == before  # nothing changed
+            r = await write(method, path, body, xsrf)
+            assert r.status_code == 200 and check(r.json()), (path, r.text)
+
+        gateway = f"{sh.hub.url}services/cmsaf/gateway/api/v1/clusters/"
+        r = await browser.post(gateway, json={"cluster_options": {}}, headers=xsrf)
+        assert r.status_code == 401, r.text
+        assert r.json()["error"] == "authentication required: 'Authorization: jupyterhub <hub API token>'"

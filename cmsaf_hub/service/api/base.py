@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from ..context import ServiceContext
 
 
+#: Why a change carried by a browser cookie alone was refused (cross-site request forgery).
+XSRF_REFUSAL = "changes need 'Authorization: token <hub API token>', or a page's XSRF token"
+
+
 class APIError(web.HTTPError):
     """An error whose message goes to the client as ``{"error": message}``."""
 
@@ -52,6 +56,9 @@ class BaseAPIHandler(HubOAuthenticated, web.RequestHandler):
             return
         model = await self.hub_auth.get_user(self, sync=False)
         if model is None:
+            if self.request.method not in ("GET", "HEAD") and self.hub_auth.cookie_name in self.request.cookies:
+                # HubOAuth ignores the login cookie of a change that lacks the page's XSRF token: say so
+                raise APIError(403, XSRF_REFUSAL)
             raise APIError(403, "authentication required: send 'Authorization: token <hub API token>'")
         try:
             model = self.check_hub_user(model)
@@ -63,7 +70,7 @@ class BaseAPIHandler(HubOAuthenticated, web.RequestHandler):
             try:
                 self.check_xsrf_cookie()
             except web.HTTPError:
-                raise APIError(403, "changes need 'Authorization: token <hub API token>', or a page's XSRF token")
+                raise APIError(403, XSRF_REFUSAL)
         if model.get("kind", "user") != "user":
             raise APIError(403, "only hub users own clusters")
         info = await self.service.hub_user_info(model["name"])
