@@ -323,10 +323,11 @@ def configurable_classes() -> dict[str, type]:
     from authenticators import IAMAuthenticator
     from cmsaf_hub.service.app import CmsafService
     from cmsaf_hub.service.backends.htcondor import HTCondorBackend
+    from cmsaf_hub.service.gateway import DaskGateway
     from spawners import IAMKubeSpawner
 
     return {cls.__name__: cls for cls in (JupyterHub, Authenticator, IAMAuthenticator, IAMKubeSpawner,
-                                          CmsafService, HTCondorBackend)}
+                                          CmsafService, HTCondorBackend, DaskGateway)}
 
 
 def unknown_traits(config: dict[str, dict[str, Any]]) -> list[str]:
