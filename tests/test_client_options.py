@@ -86,3 +86,46 @@ def test_parse_text_gives_json_types(name, text, value):
 def test_parse_text_errors(name, text, message):
     with pytest.raises(OptionsError, match=message):
         parse_text(SCHEMA, name, text)
+
+
+def test_cluster_options_object_reads_and_checks_like_dask_gateways_options():
+    from cmsaf_hub.client import ClusterOptions
+
+    options = ClusterOptions(SCHEMA)
+    assert dict(options) == {"workers": 0, "cores": 1, "memory": 2.0, "image": None, "site": None, "gpu": None}
+    options.cores = 2
+    options["memory"] = 4
+    assert (options.cores, options["memory"]) == (2, 4.0)
+    with pytest.raises(OptionsError, match="invalid value 9 for option 'cores': must be an integer from 1 to 8"):
+        options.cores = 9
+    assert options.cores == 2  # a refused value leaves the last good one
+    with pytest.raises(AttributeError, match="no option 'colour'; available options: workers, cores, memory"):
+        options.colour = "red"
+    with pytest.raises(KeyError, match="no option 'colour'"):
+        options["colour"]
+    with pytest.raises(TypeError, match="cannot be deleted"):
+        del options["cores"]
+    assert "cores" in dir(options) and options.schema is SCHEMA
+    assert repr(options).startswith("ClusterOptions<workers=0, cores=2, memory=4.0, image=None")
+    assert options.description("cores") == "cores: an integer from 1 to 8"
+
+
+def test_cluster_options_form_sets_the_options():
+    from cmsaf_hub.client import ClusterOptions
+
+    options = ClusterOptions(SCHEMA)
+    form = options.widget()
+    fields = {w.description: w for w in form.children[1:]}
+    assert list(fields) == ["workers", "cores", "memory", "image", "site", "gpu"]
+    assert (type(fields["cores"]).__name__, fields["cores"].min, fields["cores"].max) == ("BoundedIntText", 1, 8)
+    assert type(fields["memory"]).__name__ == "BoundedFloatText"
+    assert [value for _, value in fields["image"].options] == [None, "cms:el9", "cms:el8"]
+    assert type(fields["gpu"]).__name__ == "Checkbox"
+    fields["cores"].value = 4
+    fields["image"].value = "cms:el8"
+    fields["gpu"].value = True
+    fields["site"].value = "T2_XX"
+    assert (options.cores, options.image, options.gpu, options.site) == (4, "cms:el8", True, "T2_XX")
+    fields["site"].value = ""  # an emptied text field means "no choice" for a nullable option
+    assert options.site is None
+    assert options.widget() is form

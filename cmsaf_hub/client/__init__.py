@@ -21,11 +21,13 @@ from .errors import (
     ServiceError,
     ServiceResponseError,
 )
+from .options import ClusterOptions
 from .report import ClusterReport, WorkerCounts
 
 __all__ = [
     "AuthenticationError",
     "ClusterNotFoundError",
+    "ClusterOptions",
     "ClusterReport",
     "ConfigurationError",
     "Hub",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -43,6 +44,9 @@ class HubCluster(Cluster):
         Stop the cluster on :meth:`close`. Defaults to True when creating, False for ``from_id``.
     start_timeout : float, optional
         Seconds to wait for the cluster to run (``cmsaf.client.start-timeout``, default none).
+    cluster_options : ClusterOptions or mapping, optional
+        Options from :meth:`Hub.cluster_options` (e.g. set in its notebook form); ``**options``
+        given too take precedence.
     **options
         Cluster options (``workers``, ``cores``, ``memory``, ``image``, ``site``... as published
         by the service).
@@ -57,11 +61,12 @@ class HubCluster(Cluster):
         asynchronous: bool = False,
         loop=None,
         _cluster_id: str | None = None,
+        cluster_options: Mapping[str, Any] | None = None,
         **options: Any,
     ):
         self.config = hub.config if hub is not None else resolve_config()
         self.cluster_id = _cluster_id
-        self.requested_options = options
+        self.requested_options = {**(cluster_options or {}), **options}
         self.shutdown_on_close = (
             shutdown_on_close if shutdown_on_close is not None else _cluster_id is None
         )

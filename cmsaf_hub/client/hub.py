@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from distributed.utils import LoopRunner, SyncMethodMixin
 
 from .config import HubConfig, resolve_config
 from .http import ServiceAPI, options_schema, wait_until_running
-from .options import OptionsSchema, validate_options
+from .options import ClusterOptions, OptionsSchema, validate_options
 from .report import ClusterReport, select_statuses
 
 class Hub(SyncMethodMixin):
@@ -56,11 +56,17 @@ class Hub(SyncMethodMixin):
 
     # -- the calls ------------------------------------------------------------------------
 
-    async def _cluster_options(self) -> OptionsSchema:
+    async def _options_schema(self) -> OptionsSchema:
         return options_schema(await self._api.get_options())
 
-    def cluster_options(self) -> OptionsSchema:
-        """The JSON Schema of the options the service accepts from you (bounds can depend on your groups)."""
+    async def _cluster_options(self) -> ClusterOptions:
+        return ClusterOptions(await self._options_schema())
+
+    def cluster_options(self) -> ClusterOptions:
+        """The options the service offers you, with your defaults and limits (they can depend on your
+        groups): set them by attribute (``options.cores = 2``) or in their notebook form, then pass
+        them to :meth:`submit`, :meth:`new_cluster` or ``HubCluster(cluster_options=...)``. Its
+        ``schema`` is the JSON Schema the service published."""
         return self.sync(self._cluster_options)
 
     async def _list_clusters(self, status: str | Iterable[str] | None = None) -> list[ClusterReport]:
@@ -79,12 +85,13 @@ class Hub(SyncMethodMixin):
         return self.sync(self._get_cluster, cluster_id)
 
     async def _submit(self, options: dict[str, Any]) -> ClusterReport:
-        checked = validate_options(await self._cluster_options(), options)
+        checked = validate_options(await self._options_schema(), options)
         return ClusterReport.from_json(await self._api.create_cluster(checked))
 
-    def submit(self, **options: Any) -> ClusterReport:
-        """Ask for a new cluster and return at once (see :meth:`new_cluster` to wait and connect)."""
-        return self.sync(self._submit, options)
+    def submit(self, cluster_options: Mapping[str, Any] | None = None, **options: Any) -> ClusterReport:
+        """Ask for a new cluster and return at once (see :meth:`new_cluster` to wait and connect).
+        ``options`` given by name take precedence over ``cluster_options``."""
+        return self.sync(self._submit, {**(cluster_options or {}), **options})
 
     async def _wait_for_cluster(self, cluster_id: str, timeout: float | None) -> ClusterReport:
         return await wait_until_running(self._api, await self._get_cluster(cluster_id), timeout)
@@ -93,12 +100,14 @@ class Hub(SyncMethodMixin):
         """Block until the cluster runs (raises :class:`HubError` if it fails or stops first)."""
         return self.sync(self._wait_for_cluster, cluster_id, timeout)
 
-    def new_cluster(self, *, shutdown_on_close: bool = True, **options: Any):
+    def new_cluster(self, cluster_options: Mapping[str, Any] | None = None, *, shutdown_on_close: bool = True,
+                    **options: Any):
         """Create a cluster and return a connected :class:`HubCluster`."""
         from .cluster import HubCluster
 
         return HubCluster(
             hub=self,
+            cluster_options=cluster_options,
             shutdown_on_close=shutdown_on_close,
             asynchronous=self._asynchronous,
             loop=self.loop,

@@ -15,7 +15,7 @@ again regardless.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from .errors import OptionsError
@@ -130,3 +130,111 @@ def parse_text(schema: OptionsSchema, name: str, text: str) -> Any:
             return False
         raise bad
     return text
+
+
+class ClusterOptions(MutableMapping):
+    """The cluster options the service offers you, with their current values, in the spirit of
+    dask-gateway's ``Options``: read and set them by attribute or key (each value is checked against
+    the service's bounds and choices as it is set), display them as a form in a notebook (with
+    ``ipywidgets``), and pass the object to :meth:`Hub.submit`, :meth:`Hub.new_cluster` or
+    ``HubCluster(cluster_options=...)``. ``schema`` is the JSON Schema it was built from.
+
+    >>> options = Hub().cluster_options()                    # doctest: +SKIP
+    >>> options.cores = 2                                    # doctest: +SKIP
+    >>> cluster = HubCluster(cluster_options=options)        # doctest: +SKIP
+    """
+
+    def __init__(self, schema: OptionsSchema) -> None:
+        properties = _properties(schema)
+        object.__setattr__(self, "schema", schema)
+        object.__setattr__(self, "_values", {name: spec.get("default", spec["enum"][0] if spec.get("enum") else None)
+                                             for name, spec in properties.items()})
+        object.__setattr__(self, "_widget_cache", None)
+
+    def _spec(self, name: str, error: type[Exception]) -> Mapping[str, Any]:
+        try:
+            return _properties(self.schema)[name]
+        except KeyError:
+            raise error(f"no option {name!r}; available options: {', '.join(self._values) or 'none'}") from None
+
+    def __getitem__(self, name: str) -> Any:
+        self._spec(name, KeyError)
+        return self._values[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._values[name] = validate_value(name, self._spec(name, KeyError), value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._spec(name, AttributeError)
+        return self._values[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._values[name] = validate_value(name, self._spec(name, AttributeError), value)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("cluster options cannot be deleted; set another value")
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | {n for n in self._values if n.isidentifier()})
+
+    def __repr__(self) -> str:
+        return "ClusterOptions<" + ", ".join(f"{n}={v!r}" for n, v in self._values.items()) + ">"
+
+    def description(self, name: str) -> str:
+        """The service's help text for ``name`` and what it accepts."""
+        spec = self._spec(name, KeyError)
+        return f"{spec.get('description', name)}: {describe(spec)}"
+
+    # -- the notebook form --------------------------------------------------------------------
+
+    def _field_widget(self, name: str):
+        import ipywidgets
+
+        spec = _properties(self.schema)[name]
+        types, value = _types(spec), self._values[name]
+        common = {"description": name, "tooltip": self.description(name),
+                  "style": {"description_width": "initial"}}
+        if "enum" in spec:
+            labels = [("(default)" if v is None else str(v), v) for v in spec["enum"]]
+            widget = ipywidgets.Dropdown(options=labels, value=value, **common)
+        elif "boolean" in types:
+            widget = ipywidgets.Checkbox(value=bool(value), indent=False, **common)
+        elif "integer" in types or "number" in types:
+            kind = ipywidgets.BoundedIntText if "integer" in types else ipywidgets.BoundedFloatText
+            low, high = spec.get("minimum"), spec.get("maximum")
+            widget = kind(value=value, min=low if low is not None else -(2 ** 31),
+                          max=high if high is not None else 2 ** 31, **common)
+        else:
+            widget = ipywidgets.Text(value=value or "", **common)
+
+        def changed(change: dict) -> None:
+            self[name] = change["new"] if change["new"] != "" or "null" not in types else None
+
+        widget.observe(changed, names="value")
+        return widget
+
+    def widget(self):
+        """An ipywidgets form whose fields set these options (None without ipywidgets)."""
+        if self._widget_cache is None:
+            try:
+                import ipywidgets
+            except ImportError:
+                return None
+            form = ipywidgets.VBox([ipywidgets.HTML("<b>Cluster options</b>"),
+                                    *(self._field_widget(name) for name in self._values)])
+            object.__setattr__(self, "_widget_cache", form)
+        return self._widget_cache
+
+    def _ipython_display_(self, **kwargs) -> None:
+        from IPython.display import display
+
+        form = self.widget()
+        display(form if form is not None else repr(self), **kwargs)
