@@ -385,3 +385,25 @@ async def test_a_removal_the_schedd_refused_is_raised_retryable_and_logged(backe
     assert "HTCondor removed 0 of 2 jobs (2 permission denied) (scaled down): 100.0, 100.1" in caplog.text
     write_script(backend.record_dir, act={"TotalSuccess": 1, "TotalAlreadyDone": 1})  # positive control
     await backend.stop_workers(cluster, {"100.0": {"job": "100.0"}, "100.1": {"job": "100.1"}})
+
+
+async def test_the_service_reconciler_gives_the_backend_its_owner_tokens_provider(backend, tmp_path):
+    from cmsaf_hub.service.crypto import SecretBox, new_crypt_key, parse_crypt_keys
+    from cmsaf_hub.service.reconciler import Reconciler
+    from cmsaf_hub.service.store import Store
+
+    async def provider(owner):
+        return dict(TOKENS[owner])
+
+    box = SecretBox(parse_crypt_keys(new_crypt_key()))
+    Reconciler(backend=backend, store=Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), secrets=box, tokens_provider=provider)
+    assert backend.tokens_provider is provider
+    # an orphan of bob's, after a restart: removed as bob, with the token the provider gives
+    write_script(backend.record_dir, fake_queue=True, identities=IDENTITIES)
+    await backend.submit_workers(spec("lost", "bob"), 1)
+    await backend.close()
+    await backend.start()
+    assert await backend.list_cluster_ids() == {"lost"}
+    await backend.remove_cluster_resources("lost")
+    act = calls(backend, "act")[-1]
+    assert (act["args"][2], act["token"]) == (["100.0", "101.0"], TOKENS["bob"]["condor"])
