@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from cmsaf_hub.service.backends.local import LocalBackend
+from cmsaf_hub.service.backends.local import LocalBackend, exit_reason
 from cmsaf_hub.service.crypto import SecretBox, generate_cluster_tls, new_crypt_key, parse_crypt_keys
 from cmsaf_hub.service.models import ClusterRecord, ClusterStatus
 from cmsaf_hub.service.reconciler import Reconciler
@@ -21,7 +21,8 @@ async def rig(tmp_path):
     backends = []
 
     async def make(*, env=None, **traits):
-        backend = LocalBackend(state_dir=str(tmp_path / "clusters"), stop_grace=2)
+        # lifetimes and failures as such; clusters running as their owners: tests/test_isolation_local.py
+        backend = LocalBackend(state_dir=str(tmp_path / "clusters"), stop_grace=2, same_user=True)
         backends.append(backend)
         rec = Reconciler(backend=backend, store=store, secrets=box, poll_interval=0.2, activity_interval=0.3,
                          backoff_base=0.1, **traits)
@@ -59,9 +60,10 @@ async def test_idle_culling_and_max_lifetime(rig):
     rec = await make(idle_timeout=1.5, max_lifetime=600)
     try:
         record = await create(rec)
-        await until(lambda: record.status is ClusterStatus.RUNNING)
-        await until(lambda: not record.status.active, timeout=30)
-        assert record.status is ClusterStatus.STOPPED
+        # the end state and its reason, not a 1.5 s window of "running" a loaded machine can miss;
+        # ``started`` is set only when the scheduler was seen running
+        await until(lambda: not record.status.active, timeout=60)
+        assert record.status is ClusterStatus.STOPPED and record.started is not None
         assert record.reason == "idle for more than 1.5 s"
     finally:
         await rec.stop()
@@ -125,3 +127,22 @@ async def test_work_queue_dedupes_and_backs_off():
     q.done("a", failed=True)
     assert q.backoff("a") == 0.1  # capped
     q.close()
+
+
+def test_exit_reason_is_the_root_cause_of_the_last_traceback():
+    nanny = """Traceback (most recent call last):
+  File "x.py", line 1, in <module>
+ModuleNotFoundError: No module named 'no_such_module_xyz'
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "core.py", line 517, in start
+RuntimeError: Nanny failed to start.
+"""
+    assert exit_reason(nanny) == "ModuleNotFoundError: No module named 'no_such_module_xyz'"
+    # an earlier, unrelated traceback is not the cause of the last one
+    assert exit_reason("KeyError: 'a'\nrecovered\nTraceback (most recent call last):\nOSError: disk full\n") == (
+        "OSError: disk full")
+    assert exit_reason("2026 distributed.worker - INFO - stopping\n") == "2026 distributed.worker - INFO - stopping"
+    assert exit_reason("") == ""

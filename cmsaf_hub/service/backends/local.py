@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -198,6 +199,25 @@ def _tail(path: Path, limit: int) -> str:
             return f.read().decode(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+#: A line that ends a Python traceback: ``ModuleNotFoundError: No module named 'x'``.
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)(?:: .*)?")
+_CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
+
+
+def exit_reason(log_tail: str) -> str:
+    """Why a process exited, from the end of its log: the root cause of its last traceback (a
+    nanny's ``RuntimeError: Nanny failed to start.`` is chained after what really failed), else
+    its last line."""
+    lines = log_tail.strip().splitlines()
+    ends = [i for i, line in enumerate(lines) if _EXCEPTION_LINE.fullmatch(line)]
+    if not ends:
+        return lines[-1] if lines else ""
+    k = len(ends) - 1
+    while k > 0 and any(line.startswith(_CHAINED) for line in lines[ends[k - 1] + 1:ends[k]]):
+        k -= 1
+    return lines[ends[k]]
 
 
 def _read_owner_file(path: Path, limit: int) -> str | None:
@@ -606,8 +626,8 @@ class LocalBackend(Backend):
                     workers[name] = WorkerObservation(name, WorkerPhase.EXITED)
                 else:
                     d = self._dir(cluster.id)
-                    last = _tail(d / "logs" / f"{name}.log", 300).strip().splitlines()
-                    detail = f": {last[-1]}" if last else ""
+                    reason = exit_reason(_tail(d / "logs" / f"{name}.log", 20_000))
+                    detail = f": {reason}" if reason else ""
                     workers[name] = WorkerObservation(name, WorkerPhase.FAILED, f"worker process exited{detail}")
                     self._registered.discard((cluster.id, name))
                     # the dead process leaves the registry (its log stays for `logs`)
