@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack.datademo import DATASETS  # noqa: E402
 from devstack.demo_session import Demo, log_in_and_spawn, output_text  # noqa: E402
-from devstack.hub import REPO_ROOT, free_port  # noqa: E402
+from devstack.hub import REPO_ROOT  # noqa: E402
 from devstack.xrootd import missing_prerequisites  # noqa: E402
 
 WORKERS, THREADS, MEMORY_GB = 2, 1, 2.0
@@ -108,7 +107,7 @@ async def main(repeat: int, quick: bool) -> int:
     datasets = {name: paths[:1] for name, paths in DATASETS.items()} if quick else DATASETS
     code = KERNEL_CODE.format(datasets=datasets, chunksize=10_000 if quick else 20_000, repeat=1 if quick else repeat,
                               workers=WORKERS, threads=THREADS, memory=MEMORY_GB)
-    demo = Demo(Path(tempfile.mkdtemp(prefix="cmsaf-bench-analysis-")), port=free_port())
+    demo = Demo()
     await demo.start()
     try:
         session = await log_in_and_spawn(demo, "alice", "alice-password")

@@ -12,8 +12,10 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +35,15 @@ class DemoError(RuntimeError):
 
 @dataclass
 class Demo:
-    """A running ``cmsaf-demo`` process (its own ports and state directory)."""
+    """A running ``cmsaf-demo`` process with its own ports and a fresh state directory.
 
-    state_dir: Path
-    port: int
+    The directory is made under the system's temporary directory and is traversable by others
+    (0711), because the demo's sessions and clusters run as the demo users' own OS accounts and must
+    reach the Python environment the demo puts there; ``stop()`` removes it.
+    """
+
+    port: int = field(default_factory=free_port)
+    state_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cmsaf-demo-")))
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
     banner: str = ""
 
@@ -49,7 +56,7 @@ class Demo:
         return self.state_dir / "demo.log"
 
     async def start(self, timeout: float = 240) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o711)
         log = open(self.log_path, "wb")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "devstack.launcher", "--port", str(self.port), "--iam-port", str(free_port()),
@@ -81,14 +88,14 @@ class Demo:
     async def stop(self, timeout: float = 60) -> None:
         """Ctrl-C, as a user stops it."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if proc is not None and proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 @dataclass

@@ -17,7 +17,6 @@ import pytest
 import pytest_asyncio
 
 from devstack.demo_session import Demo, log_in_and_spawn, output_text
-from devstack.hub import free_port
 from devstack.xrootd import missing_prerequisites
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -29,11 +28,11 @@ ARTIFACTS = REPO / "test-artifacts" / "notebooks"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def alice(tmp_path_factory):
+async def alice():
     """The demo with its data site, and alice's running session."""
     reason = missing_prerequisites()
     assert reason is None, f"the demo's data site cannot run here: {reason}"
-    demo = Demo(tmp_path_factory.mktemp("demo"), port=free_port())
+    demo = Demo()
     await demo.start()
     try:
         assert "Data:    origin roots://" in demo.banner, demo.banner
