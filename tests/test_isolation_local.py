@@ -112,8 +112,8 @@ def make_probe():
         except OSError as e:
             return f"{type(e).__name__}: errno {e.errno}"
 
-    def try_https(port: int, cert: str | None = None, key: str | None = None) -> str:
-        """One HTTPS GET /metrics to a loopback port: the status line, or the TLS refusal's reason."""
+    def try_https(port: int, cert: str | None = None, key: str | None = None, path: str = "/metrics") -> str:
+        """One HTTPS GET to a loopback port: the status line, or the TLS refusal's reason."""
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -122,7 +122,7 @@ def make_probe():
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
                 with context.wrap_socket(raw) as tls:
-                    tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    tls.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
                     return tls.recv(64).split(b"\r\n")[0].decode()
         except ssl.SSLError as e:
             return f"{type(e).__name__}: {e.reason or e.strerror}"
@@ -168,7 +168,8 @@ def make_probe():
             "listdir": try_listdir(targets["run_dir"] + "/tokens"),
             "dashboard_no_cert": try_https(targets["dashboard_port"]),
             "dashboard_plain": try_plain_http(targets["dashboard_port"]),
-            "dashboard_own_cert": try_https(targets["dashboard_port"], *targets["own_cert"]),
+            "dashboard_own_cert": try_https(targets["dashboard_port"], *targets["own_cert"],
+                                        path=targets.get("dashboard_metrics", "/metrics")),
             "worker_metrics_no_cert": try_https(targets["worker_port"]),
             "worker_metrics_own_cert": try_https(targets["worker_port"], *targets["own_cert"]),
             "environs": environs,
