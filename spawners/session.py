@@ -39,16 +39,30 @@ def exit_status(returncode: int) -> int:
 
 async def run_session(command: list[str], config: RefresherConfig | None) -> int:
     """Run ``command`` with a refresher task beside it; return the command's exit status."""
-    try:
-        process = await asyncio.create_subprocess_exec(*command, preexec_fn=_die_with_parent)
-    except OSError as e:
-        log.error("Cannot run the session command %r: %s", command[0], e.strerror or e)
-        return COMMAND_NOT_RUNNABLE
     loop = asyncio.get_running_loop()
+    # Handlers first: a stop signal that arrives while the command is being started is held and
+    # passed on once it runs, instead of killing this wrapper and losing the command's status.
+    process: asyncio.subprocess.Process | None = None
+    held: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if process is None:
+            held.append(signum)
+        else:
+            _forward(process, signum)
+
     for signum in FORWARDED_SIGNALS:
-        loop.add_signal_handler(signum, _forward, process, signum)
-    refresher = asyncio.create_task(TokenRefresher(config).run()) if config else None
+        loop.add_signal_handler(signum, on_signal, signum)
+    refresher = None
     try:
+        try:
+            process = await asyncio.create_subprocess_exec(*command, preexec_fn=_die_with_parent)
+        except OSError as e:
+            log.error("Cannot run the session command %r: %s", command[0], e.strerror or e)
+            return COMMAND_NOT_RUNNABLE
+        for signum in held:
+            _forward(process, signum)
+        refresher = asyncio.create_task(TokenRefresher(config).run()) if config else None
         returncode = await process.wait()
     finally:
         if refresher is not None:

@@ -10,16 +10,17 @@ import textwrap
 
 from tests.test_refresher import API_TOKEN, FakeIssuer, start_server, wait_for
 
-# A stand-in for jupyterhub-singleuser: waits for the refresher's token file, reports its mode,
-# then waits for SIGTERM (as the hub stops servers) and exits 7 to show the status is passed on.
+# A stand-in for jupyterhub-singleuser: handles SIGTERM (as the hub stops servers) by exiting 7, to
+# show the status is passed on; waits for the refresher's token file and only then reports its mode,
+# so the report is also the sign that the handler is in place.
 SERVER_SCRIPT = textwrap.dedent(
     """
     import os, signal, stat, sys, time
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))
     path = os.path.join(os.environ["CMSAF_TOKEN_DIR"], "condor.token")
     while not os.path.exists(path):
         time.sleep(0.05)
     print("mode", oct(stat.S_IMODE(os.stat(path).st_mode)), flush=True)
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))
     while True:
         time.sleep(1)
     """
