@@ -198,3 +198,36 @@ async def test_hubcluster_sidebar_cli_and_pasted_addresses_take_the_fast_path(se
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert (proc.returncode, out.decode()) == (0, "42 TLSv1\n"), err.decode()[-2000:]
         await cluster.close()
+
+
+async def test_an_outbound_worker_joins_over_the_fast_path_with_the_worker_credential(service_hub_factory, tmp_path):
+    from distributed import wait
+
+    from cmsaf_hub.comm import CREDENTIAL_ENV, hub_worker_command
+
+    sh = await service_hub_factory(config=SAME_USER)
+    alice = await sh.hub.create_user("alice")
+    async with sh.client(alice) as api:
+        cid = (await api.post("clusters", json={"options": {"workers": 0}})).json()["id"]
+        model = await sh.wait_status(api, cid, "running")
+        credential = (await api.get(f"clusters/{cid}/worker-credential")).json()["credential"]
+    fast = model["fast_scheduler_address"]
+    cmd = hub_worker_command(fast, "--nthreads", "1", "--no-dashboard", "--name", "fast-1")
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen(cmd, env={**os.environ, CREDENTIAL_ENV: credential},
+                              stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    try:
+        async with Client(fast, security=hub_security(alice), asynchronous=True, timeout=30) as client:
+            await client.wait_for_workers(1, timeout=90)
+            assert [w["name"] for w in client.scheduler_info()["workers"].values()] == ["fast-1"]
+            # the task reaches the worker, and its completion comes back, over its fast-path connection
+            future = client.submit(pow, 3, 4, workers=["fast-1"])
+            await asyncio.wait_for(wait(future), 60)
+            assert future.status == "finished"
+        assert credential not in log.read_text()
+        # a credential that is not this cluster's is no hub token either
+        with pytest.raises(HubRefusedFatal, match="401 Authentication required"):
+            await Client(fast, security=hub_security(credential[::-1]), asynchronous=True, timeout=20)
+    finally:
+        worker.terminate()
+        worker.wait(30)

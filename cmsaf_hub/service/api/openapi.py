@@ -57,7 +57,12 @@ def openapi_document(options_schema: dict[str, Any], service_prefix: str) -> dic
                 "status": {"type": "string", "enum": ["pending", "starting", "running", "stopping", "stopped", "failed"]},
                 "reason": {"type": ["string", "null"]},
                 "dashboard_link": {"type": ["string", "null"]},
-                "scheduler_address": {"type": ["string", "null"]},
+                "scheduler_address": {"type": ["string", "null"],
+                                      "description": "ws(s)://…/comm: the websocket relay (plain distributed)"},
+                "fast_scheduler_address": {
+                    "type": ["string", "null"],
+                    "description": "hub(s)://…/tls: Dask's TLS comm through the hub (cmsaf-hub's comm backends)",
+                },
                 "workers": {"$ref": "#/components/schemas/Workers"},
                 "adapt": {
                     "type": ["object", "null"],
