@@ -164,8 +164,8 @@ def test_scale_adapt_dashboard_delete(env, capsys):
     env.routes[("POST", API + "clusters/c1/adapt")] = (200, cluster_json("c1", adapt={"minimum": 1, "maximum": 4}))
     env.routes[("GET", API + "clusters/c1")] = (200, cluster_json("c1"))
     env.routes[("GET", API + "clusters/c2")] = (200, cluster_json("c2", "pending", dashboard_link=None))
-    env.routes[("DELETE", API + "clusters/c1")] = (204, None)
-    env.routes[("DELETE", API + "clusters/c3")] = (204, None)
+    env.routes[("DELETE", API + "clusters/c1")] = (200, cluster_json("c1", "stopping"))
+    env.routes[("DELETE", API + "clusters/c3")] = (200, cluster_json("c3", "stopping"))
     assert run(capsys, "scale", "c1", "4")[:2] == (0, "c1  running  workers 1/2\n")
     assert json.loads(env.requests[-1].body) == {"workers": 4}
     code, out, _ = run(capsys, "--json", "adapt", "c1", "--minimum", "1", "--maximum", "4")

@@ -33,7 +33,7 @@ async def test_create_compute_scale_adapt_close(server, scheduler):
         200,
         running("c1", scheduler, adapt={"minimum": 0, "maximum": 3}),
     )
-    server.routes[("DELETE", API + "clusters/c1")] = (204, None)
+    server.routes[("DELETE", API + "clusters/c1")] = (200, cluster_json("c1", "stopping"))
     hub = Hub(config=server.config(), asynchronous=True)
     cluster = await HubCluster(hub=hub, asynchronous=True, workers=1, cores=1)
     try:
@@ -80,7 +80,7 @@ async def test_invalid_option_fails_before_creating(server):
 async def test_cluster_that_fails_to_start_is_reported_and_deleted(server):
     server.routes[("POST", API + "clusters")] = (201, cluster_json("c3", "pending"))
     server.routes[("GET", API + "clusters/c3")] = (200, cluster_json("c3", "failed", reason="image not found"))
-    server.routes[("DELETE", API + "clusters/c3")] = (204, None)
+    server.routes[("DELETE", API + "clusters/c3")] = (200, cluster_json("c3", "stopping"))
     with pytest.raises(HubError, match="^cluster c3 failed: image not found$"):
         await HubCluster(hub=Hub(config=server.config(), asynchronous=True), asynchronous=True)
     assert server.requests[-1].method == "DELETE"
@@ -89,7 +89,7 @@ async def test_cluster_that_fails_to_start_is_reported_and_deleted(server):
 def test_sync_api_from_plain_code(server, scheduler_in_thread):
     address = scheduler_in_thread
     server.routes[("POST", API + "clusters")] = (201, cluster_json("c4", "running", scheduler_address=address))
-    server.routes[("DELETE", API + "clusters/c4")] = (204, None)
+    server.routes[("DELETE", API + "clusters/c4")] = (200, cluster_json("c4", "stopping"))
     server.routes[("GET", API + "clusters/c4")] = (200, cluster_json("c4", "running", scheduler_address=address))
     with HubCluster(hub=Hub(config=server.config()), workers=1) as cluster:
         with cluster.get_client() as client:

@@ -9,12 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-from dataclasses import dataclass, field
 
 import pytest
-from tornado import httpserver, web
-from tornado.ioloop import IOLoop
 
 from cmsaf_hub.client import (
     AuthenticationError,
@@ -28,131 +24,7 @@ from cmsaf_hub.client import (
 )
 from cmsaf_hub.client.config import HubConfig
 from cmsaf_hub.client.http import ServiceAPI, error_message
-
-TOKEN = "tok-7f3a9c-secret"
-
-OPTIONS_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "workers": {"type": "integer", "minimum": 0, "maximum": 50},
-        "cores": {"type": "integer", "minimum": 1, "maximum": 8},
-    },
-}
-
-
-def cluster_json(cid: str = "c1", status: str = "running", **extra) -> dict:
-    return {
-        "id": cid,
-        "owner": "alice",
-        "options": {"workers": 2, "cores": 1},
-        "status": status,
-        "reason": None,
-        "dashboard_link": f"http://127.0.0.1/services/cmsaf/clusters/{cid}/dashboard/status",
-        "scheduler_address": f"ws://127.0.0.1/services/cmsaf/clusters/{cid}/comm",
-        "workers": {"requested": 2, "pending": 1, "running": 1, "held": 0, "failed": 0, "held_reasons": []},
-        "adapt": None,
-        "created": "2026-11-25T11:00:00Z",
-        "started": None,
-        "stopped": None,
-        **extra,
-    }
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: str
-    headers: dict
-    body: bytes
-
-
-@dataclass
-class JSONServer:
-    """A tornado server on 127.0.0.1 in its own thread, answering ``routes[(method, path)]``.
-
-    A route's value is ``(status, payload)`` with a JSON-able payload, or ``(status, bytes)``, or a
-    list of those to answer successive calls in turn.
-    """
-
-    routes: dict = field(default_factory=dict)
-    requests: list = field(default_factory=list)
-    port: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/services/cmsaf/"
-
-    def config(self, token: str = TOKEN) -> HubConfig:
-        return HubConfig(service_url=self.url, token=token)
-
-    def start(self) -> None:
-        server_ref = self
-
-        class Handler(web.RequestHandler):
-            SUPPORTED_METHODS = ("GET", "POST", "DELETE")
-
-            def _answer(self):
-                req = self.request
-                server_ref.requests.append(
-                    Recorded(req.method, req.path, req.query, dict(req.headers), req.body)
-                )
-                answer = server_ref.routes.get((req.method, req.path), (404, {"error": "no route"}))
-                if isinstance(answer, list):
-                    answer = answer.pop(0) if len(answer) > 1 else answer[0]
-                status, payload = answer[0], answer[1]
-                self.set_status(status)
-                if len(answer) > 2:
-                    for k, v in answer[2].items():
-                        self.set_header(k, v)
-                if isinstance(payload, bytes):
-                    self.finish(payload)
-                elif payload is not None:
-                    self.set_header("Content-Type", "application/json")
-                    self.finish(json.dumps(payload))
-                else:
-                    self.finish()
-
-            get = post = delete = _answer
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(asyncio.new_event_loop())
-            self._loop = IOLoop.current()
-            self._server = httpserver.HTTPServer(web.Application([(r".*", Handler)]))
-            self._server.listen(self.port, "127.0.0.1")
-            ready.set()
-            self._loop.start()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-
-    def stop(self) -> None:
-        def shutdown():
-            self._server.stop()
-            self._loop.stop()
-
-        self._loop.add_callback(shutdown)
-        self._thread.join(10)
-
-
-@pytest.fixture
-def server():
-    s = JSONServer()
-    s.start()
-    yield s
-    s.stop()
-
-
-API = "/services/cmsaf/api/v1/"
-
+from tests.client_fixtures import API, OPTIONS_SCHEMA, TOKEN, JSONServer, cluster_json, server  # noqa: F401 (fixture)
 
 async def test_sends_token_header_and_json_body(server):
     server.routes[("POST", API + "clusters/c1/scale")] = (200, cluster_json())
@@ -182,7 +54,8 @@ async def test_long_poll_query_and_quoted_ids(server):
         (409, {"error": "quota exceeded: 40 cores of 32"}, RequestRejectedError, "quota exceeded: 40 cores of 32"),
         (422, {"error": "bad body"}, RequestRejectedError, "bad body"),
         (401, {"error": "invalid token"}, AuthenticationError, "invalid token"),
-        (403, {"message": "Forbidden"}, AuthenticationError, "Forbidden"),
+        # the hub's own error format (raw bytes: the service's OpenAPI contract does not cover the hub)
+        (403, json.dumps({"message": "Forbidden"}).encode(), AuthenticationError, "Forbidden"),
         (404, {"error": "no cluster c9"}, ClusterNotFoundError, "no cluster c9"),
         (500, {"error": "database locked"}, ServiceError, "database locked"),
         (502, b"<html>Bad gateway</html>", ServiceError, "HTTP 502: Bad Gateway"),

@@ -56,7 +56,7 @@ async def test_manager_creates_lists_others_scales_adapts_and_stops(server, sche
     server.routes[("POST", API + "clusters/c1/adapt")] = (
         200, cluster_json("c1", scheduler_address=scheduler.address, adapt={"minimum": 0, "maximum": 4}),
     )
-    server.routes[("DELETE", API + "clusters/c1")] = (204, None)
+    server.routes[("DELETE", API + "clusters/c1")] = (200, cluster_json("c1", "stopping"))
     server.routes[("DELETE", API + "clusters/cli-made")] = (404, {"error": "no such cluster"})
     manager = HubClusterManager(hub_config=server.config())
     try:
