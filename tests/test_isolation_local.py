@@ -202,9 +202,15 @@ def targets_in(victim: ClusterSpec, victim_worker_port: int, attacker: ClusterSp
 
 async def test_alices_task_reaches_nothing_of_bobs_cluster_nor_of_the_service(backend, os_users):
     alice, bob = os_users["alice"], os_users["bob"]
+    alice_pw, bob_pw = pwd.getpwnam(alice), pwd.getpwnam(bob)
+    # a module beside alice's notebooks (her home: a local session's notebook directory)
+    module = Path(alice_pw.pw_dir) / "cmsaf_analysis_helpers.py"
+    module.write_text("ANSWER = 42\n")
+    os.chown(module, alice_pw.pw_uid, alice_pw.pw_gid)
     alice_spec, alice_client = await start_cluster(backend, alice, "isoalice1")
     bob_spec, bob_client = await start_cluster(backend, bob, "isobob001")
     try:
+        assert await alice_client.submit(lambda: __import__("cmsaf_analysis_helpers").ANSWER, pure=False) == 42
         bob_worker_port = worker_http_port(bob_client)
         attack = await alice_client.submit(probe, targets_in(bob_spec, bob_worker_port, alice_spec), pure=False)
         control = await bob_client.submit(probe, targets_in(bob_spec, bob_worker_port, bob_spec), pure=False)
@@ -212,7 +218,6 @@ async def test_alices_task_reaches_nothing_of_bobs_cluster_nor_of_the_service(ba
         await alice_client.close()
         await bob_client.close()
 
-    alice_pw, bob_pw = pwd.getpwnam(alice), pwd.getpwnam(bob)
     # each cluster runs as its owner, in the owner's home (where notebook modules import)
     assert (attack["uid"], control["uid"]) == (alice_pw.pw_uid, bob_pw.pw_uid)
     assert (attack["cwd"], control["cwd"]) == (alice_pw.pw_dir, bob_pw.pw_dir)

@@ -247,3 +247,41 @@ async def test_a_hub_user_without_an_os_account_is_a_clear_error(tmp_path):
         assert info.dashboard_address.startswith("https://127.0.0.1:")
     finally:
         await same.remove_all_clusters()
+
+
+@pytest.mark.slow
+async def test_the_nanny_enforces_the_memory_limit(backend):
+    """Like `dask worker`'s defaults: past 95 % of --memory-limit the nanny restarts the worker."""
+    tls = generate_cluster_tls("c6").as_dict()
+    spec = ClusterSpec(id="c6memory", owner="alice", options={"cores": 1, "memory": 0.5}, tls=tls)
+    info = await backend.start_scheduler(spec)
+    spec.backend_state = info.backend_state
+    [worker] = await backend.submit_workers(spec, 1)
+
+    def hog(megabytes: int, hold: float) -> int:
+        import time
+
+        block = bytearray(megabytes * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1  # touch every page: resident, not just reserved
+        time.sleep(hold)
+        return len(block)
+
+    async with Client(info.address, security=client_security(tls), asynchronous=True, timeout=30) as client:
+        await client.wait_for_workers(1, timeout=60)
+        [before] = client.scheduler_info()["workers"]
+        assert await client.submit(hog, 1, 0, pure=False, key="small") == 2**20  # under the limit: fine
+        big = client.submit(hog, 600, 60, pure=False, key="big")  # 600 MiB against a 512 MiB limit
+        for _ in range(600):
+            log = (await backend.logs(spec)).get(worker.name, "")
+            if "exceeded 95% memory budget. Restarting..." in log:
+                break
+            await asyncio.sleep(0.2)
+        assert f"Worker {before} (pid=" in log and "exceeded 95% memory budget. Restarting..." in log
+        await big.cancel()
+        for _ in range(300):  # the nanny's new worker process registers anew
+            now = set((await client.scheduler.identity())["workers"])
+            if now - {before}:
+                break
+            await asyncio.sleep(0.2)
+        assert len(now - {before}) == 1
