@@ -129,11 +129,13 @@ c.LocalBackend.cluster_start_timeout = 120
         log.close()
 
 
-async def gateway_round(address: str) -> tuple[float, float]:
+async def gateway_round(address: str, **gateway_kwargs) -> tuple[float, float]:
+    """The dask-gateway client's own calls: against dask-gateway-server (default) or this service."""
     from dask_gateway import Gateway
     from dask_gateway.auth import BasicAuth
 
-    async with Gateway(address, auth=BasicAuth("alice", ""), asynchronous=True) as gateway:
+    gateway_kwargs.setdefault("auth", BasicAuth("alice", ""))
+    async with Gateway(address, asynchronous=True, **gateway_kwargs) as gateway:
         t0 = time.perf_counter()
         cluster = await gateway.new_cluster()
         ready = time.perf_counter() - t0
@@ -149,27 +151,40 @@ async def main(rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cluster-start-") as tmp:
         state = Path(tmp)
         (state / "gw").mkdir()
-        results: dict[str, list[tuple[float, float]]] = {"service": [], "gateway": []}
-        async with running_service_hub(state / "svc") as sh:
+        results: dict[str, list[tuple[float, float]]] = {"service": [], "gateway": [], "gateway-client": []}
+        proxy_port = free_port()  # the service's dask-gateway scheduler proxy (docs/dask-gateway.md)
+        async with running_service_hub(state / "svc", config=f"c.DaskGateway.proxy_listen = '127.0.0.1:{proxy_port}'\n") as sh:
             token = await sh.hub.create_user("alice")
+            from dask_gateway.auth import JupyterHubAuth
+
+            service_url = f"{sh.hub.url}services/cmsaf"
+            on_service = {"proxy_address": f"gateway://127.0.0.1:{proxy_port}", "public_address": service_url,
+                          "auth": JupyterHubAuth(api_token=token)}
             with running_gateway(state / "gw") as gateway:
                 for i in range(rounds):
                     # alternate who goes first, and let the previous round's processes exit first
-                    order = ["service", "gateway"] if i % 2 == 0 else ["gateway", "service"]
+                    order = ["service", "gateway", "gateway-client"] if i % 2 == 0 else ["gateway-client", "gateway", "service"]
                     for name in order:
                         await asyncio.sleep(SETTLE)
-                        run = service_round(sh, token) if name == "service" else gateway_round(gateway)
+                        run = {"service": lambda: service_round(sh, token), "gateway": lambda: gateway_round(gateway),
+                               "gateway-client": lambda: gateway_round(f"{service_url}/gateway", **on_service)}[name]()
                         results[name].append(await run)
                     print(f"round {i + 1}: service ready {results['service'][-1][0]:.2f}s "
                           f"{WORKERS} workers {results['service'][-1][1]:.2f}s | dask-gateway ready "
-                          f"{results['gateway'][-1][0]:.2f}s {WORKERS} workers {results['gateway'][-1][1]:.2f}s",
-                          flush=True)
+                          f"{results['gateway'][-1][0]:.2f}s {WORKERS} workers {results['gateway'][-1][1]:.2f}s | "
+                          f"dask-gateway client on the service ready {results['gateway-client'][-1][0]:.2f}s "
+                          f"{WORKERS} workers {results['gateway-client'][-1][1]:.2f}s", flush=True)
     med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in results.items()}
     print(f"median over {rounds} rounds (seconds from request):")
     print(f"  scheduler ready:      service {med['service'][0]:.2f}  dask-gateway {med['gateway'][0]:.2f}  "
           f"ratio {med['service'][0] / med['gateway'][0]:.2f} (target <= 1.0)")
     print(f"  {WORKERS} workers connected: service {med['service'][1]:.2f}  dask-gateway {med['gateway'][1]:.2f}  "
           f"ratio {med['service'][1] / med['gateway'][1]:.2f} (target <= 1.0)")
+    # the same dask-gateway client code, against this service and against dask-gateway-server
+    print(f"  dask-gateway client against this service vs against dask-gateway-server: scheduler ready "
+          f"{med['gateway-client'][0]:.2f} vs {med['gateway'][0]:.2f} (ratio {med['gateway-client'][0] / med['gateway'][0]:.2f}), "
+          f"{WORKERS} workers {med['gateway-client'][1]:.2f} vs {med['gateway'][1]:.2f} "
+          f"(ratio {med['gateway-client'][1] / med['gateway'][1]:.2f})")
 
 
 if __name__ == "__main__":
