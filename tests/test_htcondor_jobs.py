@@ -428,3 +428,16 @@ async def test_the_scheduler_job_command_publishes_reachable_addresses_through_c
         if job.returncode is None:
             job.terminate()
         await job.wait()
+
+
+def test_the_cli_shows_why_workers_are_held():
+    from cmsaf_hub.client.cli import format_report, format_table
+    from cmsaf_hub.client.report import ClusterReport
+
+    held = ClusterReport.from_json({"id": "c1", "owner": "alice", "status": "running", "workers": {
+        "requested": 2, "running": 1, "held": 1, "held_reasons": ["Transfer input files failure at access point"]}})
+    fine = ClusterReport.from_json({"id": "c2", "owner": "alice", "status": "running", "workers": {"requested": 1}})
+    lines = format_table([held, fine]).splitlines()
+    assert len(lines) == 4 and lines[-1] == "c1: held: Transfer input files failure at access point"
+    assert format_report(held) == "c1  running  workers 1/2\n  held: Transfer input files failure at access point"
+    assert format_report(fine) == "c2  running  workers 0/1"

@@ -152,7 +152,10 @@ def format_table(reports: Sequence[ClusterReport]) -> str:
         for r in reports
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    # why workers are held (the batch system's own words), under the table
+    lines += [f"{r.id}: held: {reason}" for r in reports for reason in r.workers.held_reasons]
+    return "\n".join(lines)
 
 
 def format_logs(logs: Any) -> str:
@@ -166,7 +169,7 @@ def format_report(r: ClusterReport) -> str:
     return (
         f"{r.id}  {r.status}{f' ({r.reason})' if r.reason else ''}  "
         f"workers {r.workers.running}/{r.workers.requested}"
-    )
+    ) + "".join(f"\n  held: {reason}" for reason in r.workers.held_reasons)
 
 
 def format_running(r: ClusterReport) -> str:

@@ -357,3 +357,54 @@ async def test_a_schedd_restart_while_a_cluster_runs_loses_nothing(harness):
     ads = await queue(backend, 'CmsafCluster == "it-schedd-restart"', ["ClusterId", "ProcId", "CmsafRole", "JobStatus"])
     assert sorted(f"{ad['ClusterId']}.{ad['ProcId']}" for ad in ads if ad["CmsafRole"] == "worker") == sorted(
         w.name for w in workers)
+
+
+async def test_the_cli_and_the_page_model_show_a_held_worker_with_its_reason(harness, tmp_path):
+    """The service's reconciler and store over the real pool: HTCondor's hold reaches the cluster
+    model the page renders (``workers.held_reasons``) and the CLI's text output."""
+    from cmsaf_hub.client.cli import format_report, format_table
+    from cmsaf_hub.client.report import ClusterReport
+    from cmsaf_hub.service.crypto import SecretBox, new_crypt_key, parse_crypt_keys
+    from cmsaf_hub.service.models import ClusterRecord, WorkerStatus, cluster_model
+    from cmsaf_hub.service.reconciler import Reconciler
+    from cmsaf_hub.service.store import Store
+
+    backend = await harness.backend()
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    box = SecretBox(parse_crypt_keys(new_crypt_key()))
+
+    async def owner_tokens(owner):
+        return {"condor": await harness.pool.token(owner)}
+
+    rec = Reconciler(backend=backend, store=store, secrets=box, tokens_provider=owner_tokens, poll_interval=1.0,
+                     activity_interval=5.0, backoff_base=0.5)
+    tls = generate_cluster_tls("it-page")
+    record = ClusterRecord(id="it-page", owner="alice", options={"workers": 1, "cores": 1, "memory": 0.5},
+                           created=time.time(), worker_target=1, tls_cert=tls.cert,
+                           tls_key_encrypted=box.encrypt(tls.key))
+    await store.add(record)
+    harness.clusters.append(ClusterSpec(id="it-page", owner="alice", options={}))  # stopped at teardown
+    await rec.start()
+    try:
+        rec.enqueue(record.id)
+        deadline = time.monotonic() + PHASE_TIMEOUT
+        while not (names := sorted(record.workers)):
+            assert time.monotonic() < deadline, f"no worker submitted: {record.status} {record.reason}"
+            await asyncio.sleep(0.5)
+        token = await harness.pool.token("alice")
+        result = await backend.processes.call("alice", token, "act", backend.schedd_name, "Hold", names[:1],
+                                              "integration test: disk quota exceeded")
+        assert result["TotalSuccess"] == 1
+        while not (record.workers[names[0]].status is WorkerStatus.HELD):
+            assert time.monotonic() < deadline, f"worker not held: {record.workers}"
+            await asyncio.sleep(0.5)
+        model = cluster_model(record, public_base="https://hub.example/services/cmsaf/")
+        assert model["workers"]["held"] == 1
+        assert model["workers"]["held_reasons"] == ["integration test: disk quota exceeded"]
+        report = ClusterReport.from_json(model)
+        assert format_table([report]).splitlines()[-1] == "it-page: held: integration test: disk quota exceeded"
+        assert format_report(report).endswith("\n  held: integration test: disk quota exceeded")
+    finally:
+        await rec.stop()
+        await store.close()
