@@ -346,3 +346,38 @@ async def test_user_name_cannot_escape_the_token_dir():
     spawner.user.name = ".."
     with pytest.raises(HTTPError, match="cannot name a session directory"):
         spawner.resolved_token_dir()
+
+
+#: The complete environment of the notebook container: JupyterHub's variables for the server, the
+#: session's settings (spawners.tokens.session_env) and nothing of the hub's own environment.
+NOTEBOOK_ENV = {
+    "JPY_API_TOKEN", "JUPYTERHUB_ACTIVITY_URL", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL", "JUPYTERHUB_BASE_URL",
+    "JUPYTERHUB_CLIENT_ID", "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED", "JUPYTERHUB_HOST",
+    "JUPYTERHUB_OAUTH_ACCESS_SCOPES", "JUPYTERHUB_OAUTH_CALLBACK_URL", "JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES",
+    "JUPYTERHUB_OAUTH_SCOPES", "JUPYTERHUB_PUBLIC_HUB_URL", "JUPYTERHUB_PUBLIC_URL", "JUPYTERHUB_SERVER_NAME",
+    "JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_USER", "JUPYTER_IMAGE", "JUPYTER_IMAGE_SPEC",
+    "BEARER_TOKEN_FILE", "CMSAF_ISSUER", "CMSAF_SERVICE_URL", "CMSAF_TOKEN_DIR",
+    "DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER", "DASK_LABEXTENSION__FACTORY__CLASS",
+    "DASK_LABEXTENSION__FACTORY__MODULE", "DASK_GATEWAY__ADDRESS", "DASK_GATEWAY__AUTH__TYPE",
+    "DASK_GATEWAY__PROXY_ADDRESS", "DASK_GATEWAY__PUBLIC_ADDRESS",
+    "_condor_AUTH_SSL_CLIENT_CAFILE", "_condor_COLLECTOR_HOST", "_condor_SCHEDD_HOST", "_condor_SCHEDD_NAME",
+    "_condor_SCITOKENS_FILE", "_condor_SEC_CLIENT_AUTHENTICATION_METHODS",
+}
+
+
+async def test_pod_environments_are_built_never_inherited_from_the_hub(monkeypatch):
+    """The hub's own secrets (in its environment) reach no container of the pod; each container's
+    environment is exactly the built set."""
+    hub_secrets = {"JUPYTERHUB_CRYPT_KEY": "hub-crypt-key-1", "CMSAF_IAM_CLIENT_SECRET": "iam-client-secret-2",
+                   "CONFIGPROXY_AUTH_TOKEN": "proxy-token-3", "CMSAF_SERVICE_CRYPT_KEY": "service-key-4",
+                   "PYTHONPATH": "/srv/hub-only", "PATH": "/srv/hub-only/bin"}
+    for name, value in hub_secrets.items():
+        monkeypatch.setenv(name, value)
+    pod = await manifest(make_spawner())
+    envs = {name: {e["name"]: e.get("value") for e in c.get("env") or []} for name, c in containers(pod).items()}
+    assert set(envs["notebook"]) == NOTEBOOK_ENV
+    assert set(envs[REFRESHER_CONTAINER]) == {"CMSAF_SERVICE_URL", "CMSAF_TOKEN_DIR", "JUPYTERHUB_API_TOKEN"}
+    assert set(envs[INIT_CONTAINER]) == {"SRC", "DST"}
+    pod_text = json.dumps(pod)
+    for name, value in hub_secrets.items():
+        assert value not in pod_text, name
