@@ -37,6 +37,19 @@ c.Reconciler.poll_interval = 0.3
 c.Reconciler.backoff_base = 0.2
 c.LocalBackend.stop_grace = 3
 """
+SESSION_ENV = {
+    "HOME", "USER", "SHELL", "PATH",
+    "JPY_API_TOKEN", "JUPYTERHUB_ACTIVITY_URL", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL", "JUPYTERHUB_BASE_URL",
+    "JUPYTERHUB_CLIENT_ID", "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED", "JUPYTERHUB_DEFAULT_URL", "JUPYTERHUB_HOST",
+    "JUPYTERHUB_OAUTH_ACCESS_SCOPES", "JUPYTERHUB_OAUTH_CALLBACK_URL", "JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES",
+    "JUPYTERHUB_OAUTH_SCOPES", "JUPYTERHUB_PUBLIC_HUB_URL", "JUPYTERHUB_PUBLIC_URL", "JUPYTERHUB_SERVER_NAME",
+    "JUPYTERHUB_SERVICE_PREFIX", "JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_USER",
+    "BEARER_TOKEN_FILE", "CMSAF_ISSUER", "CMSAF_SERVICE_URL", "CMSAF_TOKEN_DIR",
+    "DASK_DISTRIBUTED__CLIENT__SECURITY_LOADER", "DASK_LABEXTENSION__FACTORY__CLASS",
+    "DASK_LABEXTENSION__FACTORY__MODULE", "DASK_GATEWAY__ADDRESS", "DASK_GATEWAY__AUTH__TYPE",
+    "DASK_GATEWAY__PROXY_ADDRESS", "DASK_GATEWAY__PUBLIC_ADDRESS",
+    "_condor_SCITOKENS_FILE", "_condor_SEC_CLIENT_AUTHENTICATION_METHODS",
+}
 EOF_ERROR = "SSLEOFError: EOF occurred in violation of protocol (_ssl.c:2393)"
 DENIED = "PermissionError: errno 13"
 
@@ -137,6 +150,8 @@ async def test_users_reach_nothing_of_each_other_nor_of_the_hub_and_the_service(
                               excluding="spawners.session"),
             "alice's session")
         session_env = environ_of(session_pid)
+        # exactly JupyterHub's variables for the server, env_keep's LANG and PATH, the session's settings
+        assert set(session_env) == SESSION_ENV | ({"LANG"} if "LANG" in os.environ else set())
         assert session_env["HOME"] == alice_pw.pw_dir and session_env["USER"] == "alice"
         assert session_env["PATH"].split(":")[0] == os.path.dirname(python)
         for what, value in {**secrets, "proxy token": proxy_env["CONFIGPROXY_AUTH_TOKEN"]}.items():
