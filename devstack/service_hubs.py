@@ -125,12 +125,15 @@ ADMIN_USERS = "c.Authenticator.admin_users = {'root'}\n"
 
 
 async def start_service_hub(hub_factory, tmp_path: Path, *, backend: str = "local", config: str = "",
-                            extra_env: dict | None = None) -> ServiceHub:
+                            extra_env: dict | None = None, hub_config: str = "",
+                            iam_options: dict | None = None) -> ServiceHub:
+    """The service (``config``: its config lines) under a hub from ``hub_factory`` (``hub_config``:
+    more hub config lines; ``iam_options``: the dev IAM's, e.g. short token lifetimes)."""
     service_dir = tmp_path / "service"
     key = new_crypt_key()
     text = service_config_text(service_dir, port=free_port(), crypt_key=key, backend=backend, config=config,
                                extra_env=extra_env)
-    hub = await hub_factory(extra_config=ADMIN_USERS + text, env=HUB_ENV)
+    hub = await hub_factory(extra_config=ADMIN_USERS + text + hub_config, env=HUB_ENV, iam_options=iam_options)
     sh = ServiceHub(hub=hub, service_dir=service_dir, crypt_key=key)
     await sh.wait_ready()
     return sh

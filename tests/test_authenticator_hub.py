@@ -85,7 +85,7 @@ async def test_login_groups_admins_refusal_exchanges_and_no_leaks(hub_factory):
     sessions = []
     try:
         for name in ("alice", "bob", "eve"):
-            sessions.append(await login_via_iam(hub, name, f"{name}-password"))
+            sessions.append(await login_via_iam(hub, name, f"{name}-password", next_url="/hub/home"))
         alice_page, bob_page, eve_page = (s.login_response for s in sessions)
         assert alice_page.status_code == 200 and bob_page.status_code == 200
         assert eve_page.status_code == 403 and "not a member of /cms" in eve_page.text
@@ -154,7 +154,7 @@ async def test_short_tokens_refreshed_ahead_single_flight_and_idp_outage(hub_fac
         + f"c.IAMAuthenticator.auth_refresh_age = {refresh_age}\n",
         iam_options={"access_token_lifetime": lifetime},
     )
-    session = await login_via_iam(hub, "alice", "alice-password")
+    session = await login_via_iam(hub, "alice", "alice-password", next_url="/hub/home")
     seen_states = []
 
     async def state() -> dict:

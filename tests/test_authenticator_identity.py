@@ -33,7 +33,7 @@ def write_users(path, *, alice_sub: str | None = None) -> None:
 
 
 async def login_page(hub, username: str, password: str):
-    session = await login_via_iam(hub, username, password)
+    session = await login_via_iam(hub, username, password, next_url="/hub/home")  # no session spawn
     await session.aclose()
     return session.login_response
 
