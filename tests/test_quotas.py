@@ -181,3 +181,16 @@ async def test_service_quota_boundaries_sequential_and_concurrent(service_hub_fa
             *[alice.post(f"clusters/{c}/adapt", json={"minimum": 0, "maximum": 2}) for c in ids])
         assert sum(r.json()["adapt"]["maximum"] for r in results) == 2, [r.text for r in results]
         assert sum(1 for r in results if r.json()["clamped"]) >= 1
+
+        # concurrent creates against the core budget: stop all, then 6 creates of 1 worker × 1 core at
+        # once under 2 cores and 3 clusters: exactly 2 get in, the rest are refused naming the budget
+        for cid in ids:
+            assert (await alice.delete(f"clusters/{cid}")).status_code == 200
+        for cid in ids:
+            await sh.wait_status(alice, cid, "stopped")
+        results = await asyncio.gather(
+            *[alice.post("clusters", json={"options": {"workers": 1, "cores": 1}}) for _ in range(6)])
+        assert sorted(r.status_code for r in results) == [201, 201, 409, 409, 409, 409], [r.text for r in results]
+        refusals = {r.json()["error"] for r in results if r.status_code == 409}
+        assert refusals == {"limit max_cores_per_user is 2 cores; your other active clusters reserve 2 cores; "
+                            "this cluster asks for 1 worker × 1 core = 1 core; at most 0 workers fit"}, refusals
