@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
+import psutil
 import pytest
 
-from devstack.hub import REPO_ROOT, free_port
+from devstack.hub import REPO_ROOT, free_port, port_is_free, remove_system_user, system_user_exists
 from devstack.xrootd import missing_prerequisites
 from devstack.login import login_via_iam, trusting
 
@@ -100,9 +105,21 @@ async def test_admin_group_makes_bob_admin_and_eve_is_refused(hub_factory):
         assert (await api.get("/users/eve")).status_code == 404
 
 
+@pytest.fixture
+def traversable_dir():
+    """A state directory the demo users may traverse to their sessions and clusters (pytest's
+    tmp_path is below a root-only directory)."""
+    path = Path(tempfile.mkdtemp(prefix="cmsaf-demo-test-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_path):
+async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(traversable_dir):
     port, iam_port, service_port = free_port(), free_port(), free_port()
+    existing_users = {name for name in ("alice", "bob", "eve") if system_user_exists(name)}
+    tmp_path = traversable_dir
     proc = await asyncio.create_subprocess_exec(
         *LAUNCHER, "--port", str(port), "--iam-port", str(iam_port), "--service-port", str(service_port),
         "--state-dir", str(tmp_path),
@@ -117,9 +134,14 @@ async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_p
             output += line.decode()
         assert f"http://127.0.0.1:{port}/" in output
         assert re.search(r"alice\s+password alice-password", output)
-        # CI installs XRootD (.ci/run), so the demo's local data site must come up beside the hub
-        assert missing_prerequisites() is None, missing_prerequisites()
-        assert re.search(r"Data:\s+origin roots://localhost:\d+, XCache roots://localhost:\d+", output), output
+        # it says plainly whether users are isolated (as root: their own OS users)
+        if os.geteuid() == 0:
+            assert "Users are isolated: each user's sessions and clusters run as their own OS user" in output
+            assert all(system_user_exists(name) for name in ("alice", "bob", "eve"))
+        else:
+            assert "Users are NOT isolated: every demo user's sessions and clusters run as" in output
+        if missing_prerequisites() is None:  # the optional local XRootD site came up beside the hub
+            assert re.search(r"Data:\s+origin roots://localhost:\d+, XCache roots://localhost:\d+", output)
         ca = tmp_path / "iam" / "pki" / "ca.pem"
         async with httpx.AsyncClient(verify=trusting(ca), follow_redirects=True, timeout=30) as http:
             page = await http.get(f"http://127.0.0.1:{port}/hub/oauth_login")
@@ -133,12 +155,46 @@ async def test_demo_command_serves_a_hub_whose_sign_in_goes_to_the_dev_iam(tmp_p
                     break
                 await asyncio.sleep(0.3)
         assert health.status_code == 200, health.text
+        scheduler_pid = await start_a_cluster_as_alice(f"http://127.0.0.1:{port}/", ca, tmp_path)
+        assert psutil.pid_exists(scheduler_pid)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)
+        for name in {"alice", "bob", "eve"} - existing_users:
+            if system_user_exists(name):
+                remove_system_user(name)
     assert proc.returncode == 0
-    # Ctrl-C stopped everything it started: nothing listens any more.
+    # Ctrl-C stopped everything it started, alice's cluster included: nothing listens any more ...
+    assert not psutil.pid_exists(scheduler_pid) or psutil.Process(scheduler_pid).status() == psutil.STATUS_ZOMBIE
+    assert list((tmp_path / "hub" / "cmsaf-local-clusters").iterdir()) == []
     for p in (port, iam_port, service_port):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", p)) != 0
+        # ... and ./demo may start again at once (connections in TIME_WAIT do not block its port check)
+        assert port_is_free(p)
+
+
+async def start_a_cluster_as_alice(hub_url: str, ca, state_dir) -> int:
+    """Log in as alice, make a token, create a 1-worker cluster; return its scheduler's pid."""
+    hub = SimpleNamespace(url=hub_url, process=SimpleNamespace(iam=SimpleNamespace(ca_cert=ca)))
+    async with await login_via_iam(hub, "alice", "alice-password", next_url="/hub/home") as session:
+        assert session.login_response.status_code == 200
+        xsrf = session.cookies.get("_xsrf")
+        r = await session.post(f"{hub_url}hub/api/users/alice/tokens", json={"note": "demo test"},
+                               headers={"X-XSRFToken": xsrf})
+        assert r.status_code == 201, r.text
+        token = r.json()["token"]
+    async with httpx.AsyncClient(base_url=f"{hub_url}services/cmsaf/api/v1/", timeout=60,
+                                 headers={"Authorization": f"token {token}"}) as api:
+        r = await api.post("clusters", json={"options": {"workers": 1}})
+        assert r.status_code == 201, r.text
+        model = r.json()
+        for _ in range(120):
+            if model["status"] == "running" and model["workers"]["running"] == 1:
+                break
+            assert model["status"] in ("pending", "starting", "running"), model
+            model = (await api.get(f"clusters/{model['id']}", params={"wait": 5, "status": model["status"]})).json()
+        assert model["status"] == "running" and model["workers"]["running"] == 1, model
+    pid_file = state_dir / "hub" / "cmsaf-local-clusters" / model["id"] / "pids" / "scheduler"
+    return int(pid_file.read_text().split()[0])

@@ -434,7 +434,8 @@ class LocalBackend(Backend):
                     start_new_session=True, umask=0o077, **switch,
                 )  # fmt: skip
             except OSError as e:
-                raise BackendError(f"cannot start the {name} process: {e.strerror or e}") from None
+                reach = f" (may {account.name} run {cmd[0]} and enter {cwd}?)" if switch else ""
+                raise BackendError(f"cannot start the {name} process as {account.name}: {e.strerror or e}{reach}") from None
         self._children[proc.pid] = proc
         try:
             create_time = psutil.Process(proc.pid).create_time()
