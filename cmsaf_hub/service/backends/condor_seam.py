@@ -108,6 +108,11 @@ class CondorSeam:
             self._schedds[name] = htcondor2.Schedd(location)
         return self._schedds[name]
 
+    def forget_schedds(self) -> None:
+        """Locate schedds afresh on the next call: after a failure the schedd may have moved (a
+        restarted schedd listens on a new port, and the collector's ad says so)."""
+        self._schedds.clear()
+
     def submit(self, schedd: str | None, description: dict[str, str], count: int, files: dict[str, str]) -> list[str]:
         """Queue ``count`` jobs in one transaction; spool ``files`` (by name) into their sandboxes.
 
@@ -216,6 +221,8 @@ def _run(identity: str, token: str | None, method: str, args: tuple, secrets: tu
     except SeamError:
         raise
     except Exception as e:  # htcondor2 raises several types; pass a plain one back
+        if hasattr(_SEAM, "forget_schedds"):
+            _SEAM.forget_schedds()
         message = f"{type(e).__name__}: {e}".strip()
         for secret in secrets:
             if secret:
