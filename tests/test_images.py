@@ -34,7 +34,7 @@ RUCIO_CONFIG = IMAGES / "session" / "jupyter_server_config.py"
 TESTED_PACKAGES = (
     "dask", "distributed", "jupyterhub", "jupyterhub-kubespawner", "oauthenticator", "htcondor",
     "tornado", "sqlalchemy", "jupyterlab", "dask-labextension", "msgpack", "cloudpickle", "xrootd",
-    "uproot", "numpy",
+    "uproot", "numpy", "coffea", "hist", "fsspec-xrootd",
 )
 
 
@@ -93,7 +93,7 @@ def test_installs_the_project_from_the_build_context(dockerfile):
     copies = [args for op, args in steps if op == "COPY"]
     assert ". /src" in copies, "the project must come in as `COPY . /src`"
     runs = " ".join(args for op, args in steps if op == "RUN")
-    assert re.search(r"pip install --constraint /src/images/constraints\.txt\s[^&]*?/src(\s|$)", runs), (
+    assert re.search(r"pip install --constraint /src/images/constraints\.txt\s[^&]*?\"?/src(\[[\w,]+\])?\"?(\s|$)", runs), (
         "pip must install /src (the project) under images/constraints.txt"
     )
 
