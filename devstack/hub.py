@@ -90,7 +90,8 @@ def shared_python(env_dir: Path) -> str | None:
 
     ``sys.executable`` when it is reachable; otherwise (a venv over a Python under a 0700 home,
     e.g. pyenv in /root) a venv at ``env_dir`` over the system Python of the same minor version that
-    adds this environment's site-packages. None when neither exists: users then cannot run it.
+    adds this environment's site-packages, console scripts and Jupyter data. None when neither
+    exists: users then cannot run it.
     """
     if reachable_by_others(sys.executable) and reachable_by_others(sys.base_prefix):
         return sys.executable
@@ -104,10 +105,26 @@ def shared_python(env_dir: Path) -> str | None:
         site_packages = [p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)]
         pth = env_dir / "lib" / version / "site-packages" / "cmsaf-hub-shared.pth"
         pth.write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in site_packages))
+        _copy_console_scripts(Path(sys.executable).parent, env_dir / "bin", python)
+        for data in ("etc/jupyter", "share/jupyter"):  # Jupyter's extensions and their config
+            if (Path(sys.prefix) / data).is_dir():
+                (env_dir / data).parent.mkdir(parents=True, exist_ok=True)
+                (env_dir / data).symlink_to(Path(sys.prefix) / data)
         for path in [env_dir, *env_dir.rglob("*")]:
             if not path.is_symlink():
-                os.chmod(path, 0o755 if path.is_dir() else 0o644)
+                os.chmod(path, 0o755 if path.is_dir() or path.stat().st_mode & stat.S_IXUSR else 0o644)
     return str(python) if reachable_by_others(str(python)) else None
+
+
+def _copy_console_scripts(source: Path, target: Path, python: Path) -> None:
+    """This environment's console scripts (``cmsaf-dask``, ``dask``...) for the shared one's PATH."""
+    shebang = f"#!{Path(sys.executable).parent}/python".encode()
+    for script in source.iterdir():
+        if script.is_file() and not script.is_symlink() and not (target / script.name).exists():
+            head, _, rest = script.read_bytes().partition(b"\n")
+            if head.startswith(shebang):
+                (target / script.name).write_bytes(f"#!{python}".encode() + b"\n" + rest)
+                (target / script.name).chmod(0o755)
 
 
 def tail(path: Path, lines: int = 25) -> str:

@@ -11,7 +11,9 @@ neither sessions nor the proxy see the hub's secrets.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import pwd
 import shutil
 import stat
@@ -21,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 from distributed import Client
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
 from cmsaf_hub.client import Hub, HubCluster
 from cmsaf_hub.service.crypto import new_crypt_key
@@ -87,6 +91,33 @@ def processes(*, uid: int | None = None, cmdline_has: str, excluding: str = "\0"
 
 def mode_of(path: Path) -> str:
     return oct(stat.S_IMODE(path.stat().st_mode))
+
+
+async def run_in_terminal(hub_url: str, user: str, token: str, command: str) -> str:
+    """Run ``command`` in a new terminal of ``user``'s session (Jupyter's terminals API, through
+    the proxy); the terminal's output lines up to the command's end, without the echoed input."""
+    auth = {"Authorization": f"token {token}"}
+    async with httpx.AsyncClient(headers=auth, timeout=30) as http:
+        r = await http.post(f"{hub_url}user/{user}/api/terminals")
+        assert r.status_code == 200, r.text
+        name = r.json()["name"]
+    url = f"{hub_url.replace('http://', 'ws://')}user/{user}/terminals/websocket/{name}"
+    ws = await websocket_connect(HTTPRequest(url, headers=auth))
+    try:
+        # the shell prints END42 when done; its echo of the typed line shows END$((6*7))
+        ws.write_message(json.dumps(["stdin", f"clear; {command}; echo END$((6*7))\r"]))
+        out = ""
+        while "END42" not in out.replace("END$((6*7))", ""):
+            message = await asyncio.wait_for(ws.read_message(), 60)
+            assert message is not None, f"the terminal closed: {out!r}"
+            kind, *data = json.loads(message)
+            if kind == "stdout":
+                out += data[0]
+    finally:
+        ws.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r", "", out)
+    lines = text.split("END42")[-2].splitlines()
+    return "\n".join(line for line in lines if line.strip() and "END$((6*7))" not in line)
 
 
 async def wait_for(predicate, what: str, timeout: float = 120):
@@ -160,10 +191,16 @@ async def test_users_reach_nothing_of_each_other_nor_of_the_hub_and_the_service(
                     "CMSAF_IAM_CLIENT_SECRET"} & set(session_env)
         token_dir = Path(session_env["CMSAF_TOKEN_DIR"])
         assert (token_dir.stat().st_uid, mode_of(token_dir)) == (alice_pw.pw_uid, "0o700")
+        # a terminal in her session: the session environment's python3 and cmsaf-dask, as alice
+        alice_token = await hub.user_token("alice")
+        out = await run_in_terminal(hub.url, "alice", alice_token,
+                                    "id -un; command -v cmsaf-dask; python3 -c 'import cmsaf_hub, sys; print(sys.executable)'")
+        env_bin = os.path.dirname(python)
+        assert out.splitlines()[-3:] == ["alice", f"{env_bin}/cmsaf-dask", f"{env_bin}/python3"], out
         await stop_server(hub, "alice")
 
         # --- alice's task on her own cluster against bob's cluster, the hub and the service
-        alice_token, bob_token = await hub.user_token("alice"), await hub.user_token("bob")
+        bob_token = await hub.user_token("bob")
         async with Hub(hub.url, token=alice_token, asynchronous=True) as alice_hub, \
                 Hub(hub.url, token=bob_token, asynchronous=True) as bob_hub:
             alice_cluster = await HubCluster(hub=alice_hub, asynchronous=True, workers=1, cores=1, memory=1.0)
