@@ -227,9 +227,10 @@ async def test_interleaved_users_own_their_jobs(harness):
         spec = await harness.cluster(owner, f"it-owner-{i}")
         spec.backend_state = {"schedd": backend.schedd_name, "scheduler_address": "tls://127.0.0.1:9"}
         submitted += [(owner, w.name) for w in await backend.submit_workers(spec, 2)]
-    ads = await queue(backend, 'regexp("^it-owner-", CmsafCluster)', ["ClusterId", "ProcId", "Owner", "CmsafOwner"])
-    owners = {f"{ad['ClusterId']}.{ad['ProcId']}": ad["Owner"] for ad in ads}
+    ads = await queue(backend, 'regexp("^it-owner-", CmsafCluster)', ["ClusterId", "ProcId", "Owner", "CmsafOwner", "CmsafRole"])
+    owners = {f"{ad['ClusterId']}.{ad['ProcId']}": ad["Owner"] for ad in ads if ad["CmsafRole"] == "worker"}
     assert owners == dict((name, owner) for owner, name in submitted)
+    assert len(ads) == len(submitted) + 5  # one inputs job per batch, owned by the same user
     assert all(ad["Owner"] == ad["CmsafOwner"] for ad in ads)
 
 
