@@ -99,21 +99,31 @@ def shared_python(env_dir: Path) -> str | None:
     system = Path("/usr/bin") / version
     if not system.exists() or not reachable_by_others(str(system)):
         return None
-    python = env_dir / "bin" / "python"
-    if not python.exists():
-        subprocess.run([str(system), "-m", "venv", "--without-pip", str(env_dir)], check=True, capture_output=True)
-        site_packages = [p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)]
-        pth = env_dir / "lib" / version / "site-packages" / "cmsaf-hub-shared.pth"
-        pth.write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in site_packages))
-        _copy_console_scripts(Path(sys.executable).parent, env_dir / "bin", python)
-        for data in ("etc/jupyter", "share/jupyter"):  # Jupyter's extensions and their config
-            if (Path(sys.prefix) / data).is_dir():
-                (env_dir / data).parent.mkdir(parents=True, exist_ok=True)
-                (env_dir / data).symlink_to(Path(sys.prefix) / data)
-        for path in [env_dir, *env_dir.rglob("*")]:
-            if not path.is_symlink():
-                os.chmod(path, 0o755 if path.is_dir() or path.stat().st_mode & stat.S_IXUSR else 0o644)
+    python = overlay_env(env_dir, system)
     return str(python) if reachable_by_others(str(python)) else None
+
+
+def overlay_env(env_dir: Path, base_python: Path) -> Path:
+    """A venv at ``env_dir`` over ``base_python`` (same minor version) with this environment's
+    packages, console scripts and Jupyter data, world-readable; returns its interpreter. Also a
+    second environment for tests of ``LocalBackend.environments``."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    python = env_dir / "bin" / "python"
+    if python.exists():
+        return python
+    subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(env_dir)], check=True, capture_output=True)
+    site_packages = [p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)]
+    pth = env_dir / "lib" / version / "site-packages" / "cmsaf-hub-shared.pth"
+    pth.write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in site_packages))
+    _copy_console_scripts(Path(sys.executable).parent, env_dir / "bin", python)
+    for data in ("etc/jupyter", "share/jupyter"):  # Jupyter's extensions and their config
+        if (Path(sys.prefix) / data).is_dir():
+            (env_dir / data).parent.mkdir(parents=True, exist_ok=True)
+            (env_dir / data).symlink_to(Path(sys.prefix) / data)
+    for path in [env_dir, *env_dir.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, 0o755 if path.is_dir() or path.stat().st_mode & stat.S_IXUSR else 0o644)
+    return python
 
 
 def _copy_console_scripts(source: Path, target: Path, python: Path) -> None:

@@ -4,6 +4,8 @@ import asyncio
 import json
 import os
 import signal
+import sys
+from pathlib import Path
 import ssl
 
 import pytest
@@ -20,6 +22,7 @@ from cmsaf_hub.service.backends.local import (
     worker_command,
 )
 from cmsaf_hub.service.crypto import generate_cluster_tls
+from devstack.hub import overlay_env
 
 
 def client_security(tls: dict) -> Security:
@@ -285,3 +288,26 @@ async def test_the_nanny_enforces_the_memory_limit(backend):
                 break
             await asyncio.sleep(0.2)
         assert len(now - {before}) == 1
+
+
+@pytest.mark.slow
+async def test_the_image_option_runs_the_cluster_in_the_chosen_environment(tmp_path):
+    """``image`` names an admin-listed environment: scheduler and workers run its interpreter."""
+    env_dir = tmp_path / "coffea-env"
+    overlay_env(env_dir, Path(sys.base_prefix) / "bin" / "python3")
+    b = LocalBackend(state_dir=str(tmp_path / "clusters"), same_user=True, environments={"coffea": str(env_dir)})
+    tls = generate_cluster_tls("c7").as_dict()
+    spec = ClusterSpec(id="c7envsel", owner="alice", options={"cores": 1, "memory": 1.0, "image": "coffea"}, tls=tls)
+    try:
+        info = await b.start_scheduler(spec)
+        spec.backend_state = info.backend_state
+        await b.submit_workers(spec, 1)
+        async with Client(info.address, security=client_security(tls), asynchronous=True, timeout=30) as client:
+            await client.wait_for_workers(1, timeout=60)
+            worker_python = await client.submit(lambda: __import__("sys").executable, pure=False)
+            scheduler_python = await client.run_on_scheduler(lambda: __import__("sys").executable)
+        assert worker_python == scheduler_python == str(env_dir / "bin" / "python")
+        with pytest.raises(BackendError, match=r"environment 'root-6' is not offered by this facility \(offered: 'coffea'\)"):
+            await b.start_scheduler(ClusterSpec(id="c8", owner="alice", options={"image": "root-6"}, tls=tls))
+    finally:
+        await b.remove_all_clusters()
