@@ -213,3 +213,19 @@ async def test_short_tokens_refreshed_ahead_single_flight_and_idp_outage(hub_fac
     assert "current tokens stay in use until they expire" in log
     leaked = [s for st in seen_states for s in secrets_in(st) if s in log]
     assert leaked == []
+
+
+@pytest.mark.slow
+async def test_login_never_redirects_off_the_hub(hub_factory):
+    """A ``next`` naming another site (absolute, scheme-relative, backslash tricks) ends on the hub;
+    a ``next`` on the hub is followed (the positive control)."""
+    hub = await hub_factory(extra_config=iam_config(EXCHANGES) + 'c.JupyterHub.default_url = "/hub/home"\n')
+    hub_host = httpx.URL(hub.url).netloc
+    for target in ("https://evil.example/x", "//evil.example/x", "/\\evil.example/x", "https:evil.example"):
+        async with await login_via_iam(hub, "alice", "alice-password", next_url=target) as session:
+            page = session.login_response
+            assert page.url.netloc == hub_host and "evil.example" not in page.url.host, (target, page.url)
+            assert all(r.url.netloc != b"evil.example" for r in page.history), target
+    async with await login_via_iam(hub, "alice", "alice-password", next_url="/hub/token") as session:
+        page = session.login_response
+        assert page.status_code == 200 and page.url.path == "/hub/token", page.url
