@@ -7,6 +7,7 @@ Screenshots of every step go to test-artifacts/<test name>/NN-step.png (not comm
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -55,8 +56,9 @@ from playwright.async_api import Page, async_playwright, expect  # noqa: E402
 
 
 #: The repository's config as a newcomer runs it (IAMAuthenticator, IAMLocalSpawner with JupyterLab), except:
-#: no admin groups, so bob is a plain /cms user, and the service registered by the test (fast loops).
-JOURNEY_ENV = {**HUB_ENV, "CMSAF_ADMIN_GROUPS": ""}
+#: no admin groups, so bob is a plain /cms user; the service registered by the test (fast loops); and
+#: sessions as the hub's OS user (the browser journey is tested here, isolation in tests/test_isolation_*).
+JOURNEY_ENV = {**HUB_ENV, "CMSAF_ADMIN_GROUPS": "", "CMSAF_SAME_USER": "on"}
 #: a busy 2-core machine may need more than the default 30 s for JupyterLab to answer
 SLOW_SPAWN = "c.Spawner.http_timeout = 90\nc.Spawner.start_timeout = 90\n"
 
@@ -166,7 +168,7 @@ async def test_alice_logs_in_starts_her_server_and_runs_a_cluster(journey, open_
     await page.goto(f"{hub.url}hub/home")
     await page.get_by_role("button", name="Services").or_(page.get_by_role("link", name="Services")).click()
     await shots(page, "services-menu")
-    await page.get_by_role("link", name="cmsaf").click()
+    await page.get_by_role("link", name="Dask clusters").click()
     await expect(page.get_by_role("heading", name="My clusters")).to_be_visible()
     await expect(page.locator("#clusters-empty")).to_be_visible()
     await shots(page, "my-clusters-empty")
@@ -314,3 +316,56 @@ async def test_eve_outside_cms_sees_the_refusal_page(journey, open_browser, shot
     await shots(page, "refused")
     async with httpx.AsyncClient(base_url=hub.api_url, headers={"Authorization": f"token {hub.admin_token}"}) as api:
         assert (await api.get("/users/eve")).status_code == 404  # never became a hub user
+
+
+async def test_sidebar_dashboard_panels_draw_in_a_fresh_browser(journey, open_browser, shots):
+    """The Dask sidebar's panels (``<server>/dask/dashboard/<id>/<plot>``) in a browser that logged
+    into JupyterLab only, never into the service's pages: every Bokeh asset and the plot's websocket
+    go through the session's proxy with its token, so the plot is drawn; the same browser still gets
+    401 straight from the service (it holds no service cookie), which is what left the panels blank."""
+    hub = journey.hub
+    async with journey.client(await hub.create_user("alice")) as alice:
+        created = await alice.post("clusters", json={"options": {"workers": 1, "cores": 1, "memory": 1.0}})
+        assert created.status_code == 201, created.text
+        cluster = await journey.wait_status(alice, created.json()["id"], "running")
+        try:
+            page = await open_browser()
+            refused: list[str] = []
+            page.on("response", lambda r: refused.append(r.url) if r.status in (401, 403) else None)
+            await iam_login(page, hub.url, hub.iam.issuer, "alice", shots)
+            await page.goto(f"{hub.url}hub/home")
+            start = page.locator("#start")
+            if await start.count():
+                await start.click()
+            await page.wait_for_url(re.compile(re.escape(f"{hub.url}user/alice/")), timeout=SLOW_STEP_MS)
+            await expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=SLOW_STEP_MS)
+            await shots(page, "lab")
+
+            # the sidebar's listing, as the extension fetches it (JupyterLab sends the _xsrf cookie's value)
+            lab_id, listed = None, None
+            for _ in range(60):
+                listed = await page.evaluate("""() => fetch('/user/alice/dask/clusters', {headers: {
+                        'X-XSRFToken': (document.cookie.match(/_xsrf=([^;]+)/) || [])[1] || ''}})
+                    .then(async r => ({status: r.status, body: await r.text()}))""")
+                if listed["status"] == 200:
+                    lab_id = next((c["id"] for c in json.loads(listed["body"]) if cluster["id"] in c["name"]), None)
+                if lab_id:
+                    break
+                await page.wait_for_timeout(500)
+            assert lab_id, listed
+            panel = f"{hub.url}user/alice/dask/dashboard/{lab_id}/individual-workers-memory"
+            response = await page.goto(panel)
+            assert response.status == 200
+            await expect(page.locator("canvas").first).to_be_attached(timeout=SLOW_STEP_MS)
+            await page.wait_for_timeout(1500)  # let Bokeh paint before the picture
+            await shots(page, "panel-workers-memory")
+            assert refused == [], refused
+            box = await page.locator("canvas").first.bounding_box()  # Bokeh draws in its shadow DOM
+            assert box and box["width"] > 100 and box["height"] > 100, box
+
+            # the refusal the proxy avoids: the service's own asset URL, from this same browser
+            direct = await page.request.get(
+                f"{hub.url}{PREFIX}clusters/{cluster['id']}/dashboard/statics/css/base.css", max_redirects=0)
+            assert direct.status == 401, (direct.status, direct.url)
+        finally:
+            await alice.delete(f"clusters/{cluster['id']}")

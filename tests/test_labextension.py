@@ -49,6 +49,16 @@ def test_model_from_report_counts_running_workers():
     }
 
 
+def test_a_cluster_without_workers_says_how_to_get_some():
+    """The sidebar's NEW makes a cluster with the default options (no workers): its card says to scale."""
+    no_workers = {"requested": 0, "pending": 0, "running": 0, "held": 0, "failed": 0}
+    idle = make_hub_cluster_model("lab-2", ClusterReport.from_json(cluster_json("c2", workers=no_workers)))
+    assert idle["name"] == "HubCluster c2 (no workers yet: Scale adds some)"
+    adaptive = ClusterReport.from_json(cluster_json("c2", workers=no_workers, adapt={"minimum": 0, "maximum": 4}))
+    assert make_hub_cluster_model("lab-2", adaptive)["name"] == "HubCluster c2"
+    assert make_hub_cluster_model("lab-1", ClusterReport.from_json(cluster_json("c1")))["name"] == "HubCluster c1"
+
+
 async def test_manager_creates_lists_others_scales_adapts_and_stops(server, scheduler):
     server.routes[("POST", API + "clusters")] = (201, cluster_json("c1", "pending"))
     server.routes[("GET", API + "clusters/c1")] = (200, cluster_json("c1", scheduler_address=scheduler.address))
@@ -207,6 +217,19 @@ def test_jupyter_server_lists_service_clusters_and_proxies_the_dashboard(server,
         (proxied,) = [r for r in server.requests if r.path == dash]
         assert proxied.headers["Authorization"] == f"token {TOKEN}"
         assert jupyter.token not in json.dumps(proxied.headers)
+        assert "Accept-Encoding" not in proxied.headers  # an uncompressed body, to rewrite
+        # the dashboard's own paths in what it serves point back at this proxy (the browser has no
+        # cookie for the service); other clusters' paths and other text stay as they are
+        page = "/services/cmsaf/clusters/c9/dashboard/individual-task-stream"
+        server.routes[("GET", page)] = (200, {
+            "script": "/services/cmsaf/clusters/c9/dashboard/static/js/bokeh.min.js",
+            "app_path": "/services/cmsaf/clusters/c9/dashboard/individual-task-stream",
+            "other": "/services/cmsaf/clusters/c8/dashboard/static/x.js"})
+        status, body = jupyter.get(f"dask/dashboard/{lab_id_for('c9')}/individual-task-stream")
+        lab = f"/dask/dashboard/{lab_id_for('c9')}/"
+        assert (status, json.loads(body)) == (200, {
+            "script": f"{lab}static/js/bokeh.min.js", "app_path": f"{lab}individual-task-stream",
+            "other": "/services/cmsaf/clusters/c8/dashboard/static/x.js"})
         assert jupyter.get(f"dask/dashboard/{lab_id_for('nope')}/status")[0] == 404
     finally:
         jupyter.stop()

@@ -56,9 +56,11 @@ def make_hub_cluster_model(lab_id: str, report: ClusterReport) -> dict[str, Any]
     running = report.workers.running
     cores = int(report.options.get("cores") or 1)
     memory_gib = float(report.options.get("memory") or 0)
+    # the sidebar's NEW makes a cluster with the default options, often no workers: say what to do
+    idle = report.workers.requested == 0 and not report.adapt
     model: dict[str, Any] = {
         "id": lab_id,
-        "name": f"HubCluster {report.id}",
+        "name": f"HubCluster {report.id}" + (" (no workers yet: Scale adds some)" if idle else ""),
         "scheduler_address": report.scheduler_address or "",
         "dashboard_link": report.dashboard_link or "",
         "workers": running,
@@ -221,6 +223,24 @@ class HubClusterManager(DaskClusterManager):
         return f"{self.get_hub().config.service_url}clusters/{service_id}/dashboard/"
 
 
+#: Responses whose text may name the dashboard's own URLs (pages, scripts, stylesheets, JSON).
+_TEXT_TYPES = ("text/", "application/javascript", "application/json", "application/x-javascript")
+
+
+def rewrite_dashboard_paths(body: bytes, content_type: str, service_prefix: str, lab_prefix: str) -> bytes:
+    """The dashboard's absolute paths below the service (``/services/cmsaf/clusters/<id>/dashboard/``)
+    turned into this proxy's (``<base_url>dask/dashboard/<lab id>/``), in text responses (pure).
+
+    The scheduler serves its dashboard under the service's prefix, so its pages load Bokeh's assets
+    and open Bokeh's websocket there. A browser that has only logged into JupyterLab has no cookie
+    for the service and gets 401 for every such request: the panels stay blank. Through this proxy
+    every request carries the session's token instead.
+    """
+    if not content_type.startswith(_TEXT_TYPES):
+        return body
+    return body.replace(service_prefix.encode(), lab_prefix.encode())
+
+
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("adapting a cluster failed: %s", task.exception())
@@ -233,8 +253,30 @@ class HubDashboardHandler(DaskDashboardHandler):
     loses the service's path prefix and carries no credential.
     """
 
+    def initialize(self, **kwargs) -> None:
+        super().initialize(**kwargs)
+
+        def rewrite(response) -> None:  # jupyter-server-proxy passes the arguments a hook names (no self)
+            self._rewrite_paths(response)
+
+        self.rewrite_response = [rewrite]
+
     def _manager(self) -> HubClusterManager:
         return self.settings["cmsaf_cluster_manager"]
+
+    def _rewrite_paths(self, response) -> None:
+        """jupyter-server-proxy's response hook: the dashboard's own paths point back at this proxy."""
+        cluster_id = self.path_kwargs["cluster_id"]
+        root = self._manager().dashboard_target(cluster_id)
+        if root is None:
+            return
+        service_prefix = urlsplit(root).path
+        lab_prefix = url_path_join(self.settings["base_url"], "dask/dashboard", cluster_id) + "/"
+        content_type = response.headers.get("Content-Type", "")
+        response.body = rewrite_dashboard_paths(response.body, content_type, service_prefix, lab_prefix)
+        location = response.headers.get("Location")
+        if location and location.startswith(service_prefix):
+            response.headers["Location"] = lab_prefix + location[len(service_prefix):]
 
     def _target(self, cluster_id: str) -> tuple[str, int, str]:
         root = self._manager().dashboard_target(cluster_id)
@@ -249,7 +291,8 @@ class HubDashboardHandler(DaskDashboardHandler):
     def proxy_request_headers(self):
         """The browser's headers minus its Jupyter credentials (never for the service), plus the token."""
         headers = self.request.headers.copy()
-        for name in ("Cookie", "Authorization", "X-XSRFToken"):
+        # Accept-Encoding: uncompressed bodies, so that _rewrite_paths can read them
+        for name in ("Cookie", "Authorization", "X-XSRFToken", "Accept-Encoding"):
             headers.pop(name, None)
         headers["Authorization"] = f"token {self._manager().get_hub().config.token}"
         return headers

@@ -15,6 +15,10 @@ from typing import Any
 from .crypto import CRYPT_KEY_ENV, CRYPT_KEY_FILE_ENV, new_crypt_key, write_secret_file
 
 SERVICE_NAME = "cmsaf"
+#: What the hub's Services menu calls the service (its name stays ``cmsaf``: it is in every URL).
+DISPLAY_NAME = "Dask clusters"
+#: The hub's page.html extended to show services' display names (cmsaf_hub/service/ui/hub_templates).
+HUB_TEMPLATES = Path(__file__).resolve().parent / "ui" / "hub_templates"
 #: Where :func:`cluster_service` keeps the service's crypt key when it is not given a file.
 CRYPT_KEY_FILE_NAME = "cmsaf-service-crypt-key"
 
@@ -94,6 +98,9 @@ def cluster_service(
     if cwd:
         service["cwd"] = cwd
     c.JupyterHub.services.append(service)
+    # the Services menu's entry: "Dask clusters" rather than the URL name
+    c.JupyterHub.template_paths.insert(0, str(HUB_TEMPLATES))  # before the hub's own page.html
+    c.JupyterHub.template_vars.update({"service_display_names": {SERVICE_NAME: DISPLAY_NAME}})
     c.JupyterHub.load_roles.append(
         {"name": f"{SERVICE_NAME}-service", "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]}
     )
