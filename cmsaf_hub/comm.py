@@ -48,6 +48,7 @@ from distributed.comm.registry import backends
 from distributed.comm.tcp import MAX_BUFFER_SIZE, TLS, TCPBackend
 from distributed.comm.ws import WS, WSS, WSBackend, WSConnector, WSSBackend, WSSConnector
 from distributed.security import Security
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httputil import HTTPHeaders, parse_response_start_line
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
@@ -247,19 +248,21 @@ class HubTLSConnector(Connector):
         context = self.cluster_contexts.get(cache_key)
         if context is not None:
             return context
-        stream = await self.open(host, port, hub_ssl, timeout)
+        url = f"{'https' if self.hub_tls else 'http'}://{host}:{port}{path}"
+        request = HTTPRequest(url, headers={**headers, "Accept": "application/json"}, ssl_options=hub_ssl,
+                              connect_timeout=timeout, request_timeout=timeout, follow_redirects=False)
         try:
-            lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: application/json", "Connection: close"]
-            lines += [f"{k}: {v}" for k, v in headers.items()]
-            await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            status, reason, _, body = await _read_response(stream, timeout)
-        finally:
-            stream.close()
-        if status != 200:
-            raise refusal(status, reason, body, f"{self.prefix}{host}:{port}{path}")
-        pem = json.loads(body)
-        security = Security(tls_ca_file=pem["tls_cert"], tls_client_cert=pem["tls_cert"],
-                            tls_client_key=pem["tls_key"], require_encryption=True)
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except OSError as e:
+            raise CommClosedError(f"{self.prefix}{host}:{port}{path}: {type(e).__name__}: {e}") from None
+        if response.code != 200:
+            raise refusal(response.code, response.reason, response.body or b"", f"{self.prefix}{host}:{port}{path}")
+        try:
+            pem = json.loads(response.body)
+            cert, key = pem["tls_cert"], pem["tls_key"]
+        except (ValueError, TypeError, KeyError):
+            raise FatalCommClosedError(f"{self.prefix}{host}:{port}{path}: no cluster certificate in the answer") from None
+        security = Security(tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
         context = self.cluster_contexts[cache_key] = security.get_connection_args("client")["ssl_context"]
         return context
 

@@ -196,5 +196,8 @@ async def splice_in_kernel(client: IOStream, upstream: IOStream) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        # both pipes must have left the event loop's selector before their sockets close: a closed
+        # descriptor still registered there breaks whichever connection is given that number next
+        await asyncio.gather(*tasks, return_exceptions=True)
         a.close()
         b.close()
