@@ -136,8 +136,7 @@ if setting("CLUSTER_SERVICE", "on") != "off":
     # with the sessions' Python; in SAME_USER mode as the hub's user, in the session home.
     backend_args = [f"--LocalBackend.python={USER_PYTHON}"]
     if SAME_USER:
-        backend_args += ["--LocalBackend.same_user=True",
-                         f"--LocalBackend.work_dir={STATE_DIR / 'sessions' / '{username}' / 'home'}"]
+        backend_args.append(f"--LocalBackend.work_dir={STATE_DIR / 'sessions' / '{username}' / 'home'}")
     cluster_service(
         c,
         url=f"http://127.0.0.1:{setting('SERVICE_PORT', '10101')}",
@@ -152,4 +151,5 @@ if setting("CLUSTER_SERVICE", "on") != "off":
         # with these (for HTCondor workers, CmsafService.cluster_env in CMSAF_SERVICE_CONFIG too)
         cluster_env=DATA_ENV,
         args=backend_args if setting("SERVICE_BACKEND", "local") == "local" else [],
+        same_user=SAME_USER,
     )

@@ -166,6 +166,10 @@ class HubProcess:
     env: dict[str, str] = field(default_factory=dict)
     config_file: Path = CONFIG_FILE
     startup_timeout: float = 90.0
+    #: ``CMSAF_SAME_USER``: sessions and clusters run as the hub's OS user, NOT isolated. What tests
+    #: of other things need (their hub users have no OS accounts); the demo as root and the
+    #: isolation tests run with False, each user as their own OS account.
+    same_user: bool = True
 
     proc: asyncio.subprocess.Process | None = field(default=None, init=False, repr=False)
 
@@ -210,6 +214,7 @@ class HubProcess:
                 "CMSAF_IAM_CLIENT_ID": self.iam.client_id,
                 "CMSAF_IAM_CLIENT_SECRET_FILE": self.secret_file("iam-client-secret", self.iam.client_secret),
                 "JUPYTERHUB_CRYPT_KEY_FILE": self.secret_file("jupyterhub-crypt-key", self.crypt_key),
+                "CMSAF_SAME_USER": "on" if self.same_user else "off",
             }
         )
         if self.iam.ca_cert:

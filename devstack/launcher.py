@@ -84,8 +84,8 @@ def check_prerequisites(args: argparse.Namespace) -> None:
 def isolate_users(state: Path, usernames: list[str]) -> tuple[dict[str, str], str]:
     """Make each demo user's sessions and clusters run as their own OS account, if this machine lets us.
 
-    Returns the hub settings and the banner's line saying plainly what the demo's users are
-    isolated from (nothing, without root: they all run as the demo's own OS user)."""
+    Returns the hub settings (``CMSAF_SAME_USER``...) and the banner's line saying plainly what the
+    demo's users are isolated from (nothing, without root: they all run as the demo's own OS user)."""
     me = pwd.getpwuid(os.geteuid()).pw_name
     not_isolated = (f"NOT isolated: every demo user's sessions and clusters run as {me}, so each user's code "
                     "reads the others' tokens and keys")
@@ -95,7 +95,7 @@ def isolate_users(state: Path, usernames: list[str]) -> tuple[dict[str, str], st
     if python is None:
         return {"CMSAF_SAME_USER": "on"}, f"{not_isolated} (no Python that other OS users may run: {sys.executable})"
     created = [name for name in usernames if create_system_user(name)]
-    settings = {} if python == sys.executable else {"CMSAF_USER_PYTHON": python}
+    settings = {"CMSAF_SAME_USER": "off"} | ({} if python == sys.executable else {"CMSAF_USER_PYTHON": python})
     made = f"; created OS users {', '.join(created)}" if created else ""
     return settings, f"isolated: each user's sessions and clusters run as their own OS user{made}"
 

@@ -138,6 +138,7 @@ async def test_users_reach_nothing_of_each_other_nor_of_the_hub_and_the_service(
     (base / "service_config.py").write_text(SERVICE_CONFIG)
     service_key = new_crypt_key()
     hub = await launch_hub(base, env={
+        "CMSAF_SAME_USER": "off",  # the repository's default: each user as their own OS account
         "CMSAF_CLUSTER_SERVICE": "on", "CMSAF_SERVICE_PORT": str(free_port()), "CMSAF_USER_PYTHON": python,
         "CMSAF_SERVICE_CONFIG": str(base / "service_config.py"),
         "CMSAF_SERVICE_CRYPT_KEY": service_key,  # given as a variable: the config must move it into a file
@@ -197,7 +198,22 @@ async def test_users_reach_nothing_of_each_other_nor_of_the_hub_and_the_service(
                                     "id -un; command -v cmsaf-dask; python3 -c 'import cmsaf_hub, sys; print(sys.executable)'")
         env_bin = os.path.dirname(python)
         assert out.splitlines()[-3:] == ["alice", f"{env_bin}/cmsaf-dask", f"{env_bin}/python3"], out
+        # ... where bob's session files and the hub's files are out of reach (bob reads his own)
+        r = await start_server(hub, "bob")
+        assert r.status_code in (201, 202), r.text
+        bob_token_file = state / "sessions" / "bob" / "default" / "tokens" / "xrootd.token"
+        await wait_for(bob_token_file.exists, "bob's session token file")
+        reads = [bob_token_file, state / "jupyterhub.sqlite", state / "secrets" / "jupyterhub-crypt-key",
+                 state / "cmsaf-service-crypt-key"]
+        out = await run_in_terminal(hub.url, "alice", alice_token,
+                                    "; ".join(f"head -c0 {path} && echo read {path}" for path in reads))
+        assert out.splitlines()[-len(reads):] == [f"head: cannot open '{path}' for reading: Permission denied"
+                                                  for path in reads], out
+        bob_out = await run_in_terminal(hub.url, "bob", await hub.user_token("bob"),
+                                        f"head -c0 {bob_token_file} && echo read")
+        assert bob_out.splitlines()[-1] == "read", bob_out
         await stop_server(hub, "alice")
+        await stop_server(hub, "bob")
 
         # --- alice's task on her own cluster against bob's cluster, the hub and the service
         bob_token = await hub.user_token("bob")

@@ -18,6 +18,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 from distributed import Client
 from distributed.security import Security
@@ -276,3 +277,30 @@ async def test_cluster_directories_belong_to_their_owner_and_the_registry_to_the
     # the processes themselves run as alice
     sched_pid = spec.backend_state["scheduler"]["pid"]
     assert os.stat(f"/proc/{sched_pid}").st_uid == uid
+
+
+async def test_listeners_bind_loopback_only_but_the_scheduler_relay(backend, os_users):
+    """Scheduler (TLS comm, HTTPS dashboard), nanny and worker (comm, HTTPS) listen on 127.0.0.1;
+    only the scheduler's wss:// relay listener binds every interface (distributed's WSListener
+    takes no address), and it demands the cluster's certificate (tests/test_local_backend.py)."""
+    spec, client = await start_cluster(backend, os_users["alice"], "isolisten")
+    await client.close()
+    listening: dict[str, set[tuple[str, int]]] = {}
+    for name, pid in registered_processes(Path(spec.backend_state["dir"])).items():
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    listening.setdefault(name, set()).add((conn.laddr.ip, conn.laddr.port))
+    wss_port = int(spec.backend_state["ws_address"].rsplit(":", 1)[1])
+    wildcard = {(name, port) for name, addrs in listening.items() for ip, port in addrs if ip != "127.0.0.1"}
+    assert wildcard == {("scheduler", wss_port)}
+    def ports(name: str) -> set[int]:
+        return {port for _, port in listening[name]}
+
+    assert len(ports("scheduler")) == 3  # TLS comm, wss relay (IPv4 and IPv6), HTTPS dashboard
+    [worker] = [name for name in listening if name != "scheduler"]
+    assert len(ports(worker)) == 3  # nanny comm, worker comm, worker HTTPS
+
+
+def registered_processes(cluster_dir: Path) -> dict[str, int]:
+    return {path.name: int(path.read_text().split()[0]) for path in (cluster_dir / "pids").iterdir()}

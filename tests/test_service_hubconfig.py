@@ -65,5 +65,19 @@ def test_the_crypt_key_reaches_the_service_as_a_0600_file_never_in_its_stored_en
     given = cluster_service(Config(), url="http://127.0.0.1:1", public_url="", db_url="sqlite://",
                             crypt_key_file="/run/secrets/cmsaf-key")
     assert given["environment"][CRYPT_KEY_FILE_ENV] == "/run/secrets/cmsaf-key"
+    assert "--LocalBackend.same_user=True" not in given["command"]  # isolated unless asked
     with pytest.raises(ValueError, match="cannot read CMSAF_SERVICE_CRYPT_KEY_FILE=/nonexistent: No such file"):
         read_crypt_keys({CRYPT_KEY_FILE_ENV: "/nonexistent"})
+
+
+def test_same_user_mode_follows_the_stack_wide_switch(monkeypatch, tmp_path):
+    def command(**kw):
+        return cluster_service(Config(), url="http://127.0.0.1:1", public_url="", db_url="sqlite://",
+                               cwd=str(tmp_path), **kw)["command"]
+
+    monkeypatch.delenv("CMSAF_SAME_USER", raising=False)
+    assert "--LocalBackend.same_user=True" not in command()
+    assert "--LocalBackend.same_user=True" in command(same_user=True)
+    monkeypatch.setenv("CMSAF_SAME_USER", "on")
+    assert "--LocalBackend.same_user=True" in command()
+    assert "--LocalBackend.same_user=True" not in command(same_user=False)

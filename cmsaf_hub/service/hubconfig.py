@@ -57,6 +57,7 @@ def cluster_service(
     config_file: str | None = None,
     cwd: str | None = None,
     args: list[str] | None = None,
+    same_user: bool | None = None,
 ) -> dict[str, Any]:
     """Append the managed service ``cmsaf`` and its roles to the JupyterHub config ``c``.
 
@@ -74,6 +75,9 @@ def cluster_service(
     ``extra_env`` is added to the service's environment (no secrets: it is stored);
     ``cluster_env`` becomes ``CmsafService.cluster_env``, the settings of every cluster's processes;
     ``args`` are more command-line settings of the service (e.g. ``--LocalBackend.python=...``).
+    ``same_user`` runs local clusters as the service's OS user (``LocalBackend.same_user``: NOT
+    isolated); default: whether ``$CMSAF_SAME_USER`` is ``on``, the stack-wide switch that
+    jupyterhub_config.py also applies to sessions.
     Every hub user gets ``access:services!service=cmsaf``. Returns the service entry.
     """
     key_file = crypt_key_file or os.environ.get(CRYPT_KEY_FILE_ENV) or _write_crypt_key(
@@ -86,6 +90,8 @@ def cluster_service(
             env[name] = os.environ[name]
     command = service_command(db_url=db_url, backend=backend, config_file=config_file)
     command += [f"--CmsafService.cluster_env={name}={value}" for name, value in sorted((cluster_env or {}).items())]
+    if os.environ.get("CMSAF_SAME_USER") == "on" if same_user is None else same_user:
+        command.append("--LocalBackend.same_user=True")
     command += list(args or [])
     service = {
         "name": SERVICE_NAME,
