@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import ssl
 import subprocess
 import sys
@@ -78,6 +79,9 @@ PING_TIMEOUT = 30.0
 RESTART_EXIT_STATUS = 75
 #: Environment variable naming the file in which the preload records why its worker closed.
 CLOSE_REASON_FILE_ENV = "CMSAF_REVERSE_CLOSE_REASON_FILE"
+#: Set to ``1`` to keep the worker's bootstrap loopback ``tcp://`` listener beside the hub one
+#: (benchmarks compare the two paths to the same worker). It is unauthenticated: never on shared nodes.
+KEEP_LOCAL_LISTENER_ENV = "CMSAF_REVERSE_KEEP_LOCAL_LISTENER"
 #: The close reason Dask gives when the scheduler connection broke.
 CONNECTION_LOST_REASON = "worker-handle-scheduler-connection-broken"
 
@@ -231,6 +235,11 @@ class HubListener(BaseListener):
         self._stopped = False
 
     @property
+    def prefix(self) -> str:
+        """``hubrev://`` (Dask's listeners expose their scheme prefix; the worker logs it)."""
+        return f"{self.scheme}://"
+
+    @property
     def listen_address(self) -> str:
         return self.contact_address
 
@@ -379,10 +388,17 @@ async def dask_setup(worker: Any) -> None:
     hub_comm.dask_setup(worker)
     install()
     _track_close_reason(worker)
+    bootstrap = list(worker.listeners)
     await worker.listen(hub_cluster_address(worker.scheduler.address), **worker.security.get_connection_args("worker"))
     address = worker.listeners[-1].contact_address
     worker.contact_address = address
     worker._address = address
+    if os.environ.get(KEEP_LOCAL_LISTENER_ENV) != "1":
+        # the loopback listener is plain tcp without authentication: other local users of the node
+        # must not reach the worker through it
+        for listener in bootstrap:
+            listener.stop()
+            worker.listeners.remove(listener)
 
 
 def dask_teardown(worker: Any) -> None:
@@ -418,10 +434,13 @@ def outbound_worker_command(scheduler_url: str, *extra_args: str, python: str = 
     return [python, "-m", "cmsaf_hub.reverse", scheduler_url, *extra_args]
 
 
-def run_outbound_worker(argv: list[str], *, max_quick_failures: int = 5, quick_seconds: float = 30.0) -> int:
+def run_outbound_worker(argv: list[str], *, max_quick_failures: int = 5, quick_seconds: float = 30.0,
+                        stop_grace: float = 15.0) -> int:
     """Run the worker; start it again whenever it lost its scheduler connection.
 
-    A worker retired by its scheduler, or stopped by a signal, ends the wrapper with its status. After
+    A worker retired by its scheduler ends the wrapper with its status. SIGTERM/SIGINT (HTCondor
+    removing the job, a user's Ctrl-C) go to the worker, which gets ``stop_grace`` seconds to close
+    before it is killed; the wrapper then exits without starting it again. After
     ``max_quick_failures`` consecutive lives shorter than ``quick_seconds`` the wrapper gives up, so a
     cluster that is gone does not keep a job alive forever (each life is bounded by ``--death-timeout``).
     """
@@ -432,30 +451,47 @@ def run_outbound_worker(argv: list[str], *, max_quick_failures: int = 5, quick_s
     scheduler_url, *extra = argv
     if not any(a.startswith("--death-timeout") for a in extra):
         extra += ["--death-timeout", "120"]
+    stopping: list[int] = []
+    proc: subprocess.Popen | None = None
+
+    def forward(signum: int, frame: Any) -> None:
+        stopping.append(signum)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
     quick_failures = 0
-    while True:
+    while not stopping:
         with tempfile.NamedTemporaryFile(prefix="cmsaf-worker-", suffix=".reason", delete=False) as f:
             reason_file = f.name
-        env = {**os.environ, CLOSE_REASON_FILE_ENV: reason_file}
         started = time.monotonic()
-        proc = subprocess.Popen(worker_process_command(scheduler_url, *extra), env=env)
-        try:
-            status = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            return proc.wait(30)
+        proc = subprocess.Popen(worker_process_command(scheduler_url, *extra),
+                                env={**os.environ, CLOSE_REASON_FILE_ENV: reason_file})
+        kill_at: float | None = None
+        while proc.poll() is None:
+            if stopping and kill_at is None:
+                kill_at = time.monotonic() + stop_grace
+            if kill_at is not None and time.monotonic() >= kill_at:
+                logger.warning("The worker did not stop within %.0f s of the signal; killing it", stop_grace)
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.5)
         with open(reason_file) as f:
             reason = f.read().strip()
         with contextlib.suppress(OSError):
             os.unlink(reason_file)
+        if stopping:
+            return 128 + stopping[0]
         if reason != CONNECTION_LOST_REASON:
-            return status
+            return proc.returncode
         quick_failures = quick_failures + 1 if time.monotonic() - started < quick_seconds else 0
         if quick_failures >= max_quick_failures:
             logger.error("The worker lost its scheduler %d times in a row; giving up", quick_failures)
             return RESTART_EXIT_STATUS
-        logging.getLogger("cmsaf_hub.reverse").warning("The worker lost its scheduler connection; starting it again")
+        logger.warning("The worker lost its scheduler connection; starting it again")
         time.sleep(min(2.0 * quick_failures, MAX_RECONNECT_DELAY))
+    return 128 + stopping[0]
 
 
 install()

@@ -163,10 +163,12 @@ async def test_an_outbound_only_worker_is_a_full_member_and_survives_a_service_r
         assert join["credential"] not in (tmp_path / "outbound.log").read_text()
     finally:
         if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
+            worker.send_signal(signal.SIGTERM)  # the wrapper stops its worker and does not restart it
             try:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait(10)
+                raise AssertionError("the outbound worker's wrapper did not stop on SIGTERM") from None
+            assert worker.returncode == 128 + signal.SIGTERM
         await forward.stop()

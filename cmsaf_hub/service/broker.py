@@ -17,8 +17,12 @@ connected to the broker (``Retry-After``), 504 the worker did not answer within
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import secrets
+import socket
 from typing import Any
 
 from tornado import web
@@ -34,6 +38,82 @@ from .forwarder.target import Authorizer, Resolver
 
 #: (cluster id, worker id)
 ChannelKey = tuple[str, str]
+#: ``fcntl`` command that sizes a pipe (Linux), and the size asked for the splice pipes.
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
+
+
+async def _ready(add: Any, remove: Any, fd: int) -> None:
+    future = asyncio.get_running_loop().create_future()
+    add(fd, lambda: future.done() or future.set_result(None))
+    try:
+        await future
+    finally:
+        remove(fd)
+
+
+async def _pump(source: socket.socket, sink: socket.socket, chunk_size: int) -> None:
+    """Move bytes ``source`` -> ``sink`` through a kernel pipe (``splice(2)``): no copy through Python."""
+    loop = asyncio.get_running_loop()
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_SIZE)
+    try:
+        while True:
+            try:
+                moved = os.splice(source.fileno(), write_end, chunk_size, flags=flags)
+            except BlockingIOError:
+                await _ready(loop.add_reader, loop.remove_reader, source.fileno())
+                continue
+            if moved == 0:
+                return
+            while moved:
+                try:
+                    moved -= os.splice(read_end, sink.fileno(), moved, flags=flags)
+                except BlockingIOError:
+                    await _ready(loop.add_writer, loop.remove_writer, sink.fileno())
+    except OSError:  # reset, broken pipe: the connection is over
+        return
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _take_socket(stream: IOStream) -> socket.socket | None:
+    """The stream's socket, detached from tornado's loop; None if tornado still holds unsent or unread bytes."""
+    if stream.closed() or stream._read_buffer_size or len(stream._write_buffer) or stream.socket is None:
+        return None
+    stream.io_loop.remove_handler(stream.fileno())
+    stream._state = None
+    return stream.socket
+
+
+async def splice_sockets(a: IOStream, b: IOStream, chunk_size: int) -> None:
+    """Relay both directions with ``splice(2)`` until one side closes, then close both.
+
+    Falls back to the forwarder's copying splice where ``os.splice`` is missing or tornado holds
+    buffered bytes. Measured on the dev machine, the copying splice (one chunk per direction
+    awaited through tornado) cost more than half of the gather throughput of a brokered worker.
+    """
+    if not hasattr(os, "splice"):
+        return await splice(a, b, chunk_size)
+    sock_a = _take_socket(a)
+    sock_b = _take_socket(b) if sock_a is not None else None
+    if sock_a is None or sock_b is None:  # tornado re-registers a taken socket on its next read
+        return await splice(a, b, chunk_size)
+    for sock in (sock_a, sock_b):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pumps = [asyncio.ensure_future(_pump(sock_a, sock_b, chunk_size)),
+             asyncio.ensure_future(_pump(sock_b, sock_a, chunk_size))]
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        a.close()
+        b.close()
 
 
 def switching_protocols(websocket_key: str) -> bytes:
@@ -252,7 +332,7 @@ class BrokeredConnectHandler(ForwarderHandler):
         except StreamClosedError:
             worker_stream.close()
             return
-        await splice(client, worker_stream, self.forwarder.chunk_size)
+        await splice_sockets(client, worker_stream, self.forwarder.chunk_size)
 
 
 def broker_handlers(prefix: str, resolve: Resolver, hub_auth: Any, authorize: Authorizer = owner_or_admin,
