@@ -32,6 +32,8 @@ ATTR_INPUTS = "CmsafInputs"
 
 #: TLS material as transferred into the sandbox (same file names on scheduler and workers).
 TLS_CERT_FILE = "dask-tls.crt"
+#: The cluster's worker credential as transferred into the sandbox of workers at outbound-only sites.
+WORKER_CREDENTIAL_FILE = "cmsaf-worker.credential"
 TLS_KEY_FILE = "dask-tls.key"
 #: The scheduler job's preload (cmsaf_hub/service/backends/condor_scheduler_preload.py), transferred as is.
 SCHEDULER_PRELOAD_FILE = "cmsaf_scheduler_preload.py"
@@ -102,6 +104,9 @@ class JobShape:
     lifetime_stagger: int = 0
     nanny: bool = True
     extra_directives: Mapping[str, str] = field(default_factory=dict)
+    #: The cluster's ``ws(s)://`` comm URL through the hub, for workers at an outbound-only site: they
+    #: join through the hub and are reached through the service's broker (docs/outbound-workers.md).
+    hub_comm_url: str | None = None
 
 
 def classad_string(value: str) -> str:
@@ -177,12 +182,15 @@ def bearer_token_name(token_names: Iterable[str], preferred: Iterable[str]) -> s
     return names[0] if names else None
 
 
-def sandbox_files(tokens: Mapping[str, str], tls: Mapping[str, str]) -> dict[str, str]:
-    """``{file name: content}`` transferred into every job of a cluster (tokens and TLS)."""
+def sandbox_files(tokens: Mapping[str, str], tls: Mapping[str, str],
+                  worker_credential: str | None = None) -> dict[str, str]:
+    """``{file name: content}`` transferred into a cluster's jobs (tokens, TLS, the worker credential)."""
     files = {token_file_name(name): jwt for name, jwt in tokens.items()}
     if tls:
         files[TLS_CERT_FILE] = tls["cert"]
         files[TLS_KEY_FILE] = tls["key"]
+    if worker_credential:
+        files[WORKER_CREDENTIAL_FILE] = worker_credential
     return files
 
 
@@ -196,9 +204,11 @@ def _tls_args(tls: bool) -> list[str]:
     ]
 
 
-def _sandbox_exports(token_names: list[str], bearer: str | None) -> str:
-    """Shell lines pointing the job at its token files inside the sandbox."""
+def _sandbox_exports(token_names: list[str], bearer: str | None, *, worker_credential: bool = False) -> str:
+    """Shell lines pointing the job at its token (and worker credential) files inside the sandbox."""
     lines = ['export CMSAF_TOKEN_DIR="$_CONDOR_SCRATCH_DIR"']
+    if worker_credential:
+        lines.append(f'export CMSAF_WORKER_CREDENTIAL_FILE="$_CONDOR_SCRATCH_DIR/{WORKER_CREDENTIAL_FILE}"')
     if bearer is not None:
         lines.append(f'export BEARER_TOKEN_FILE="$_CONDOR_SCRATCH_DIR/{token_file_name(bearer)}"')
     if "condor" in token_names:
@@ -214,7 +224,24 @@ def _shell_word(arg: str) -> str:
 
 
 def worker_command(shape: JobShape, scheduler_address: str, *, tls: bool) -> list[str]:
-    """The ``dask worker`` command line of one job; its name is the HTCondor job id."""
+    """The ``dask worker`` command line of one job; its name is the HTCondor job id.
+
+    At an outbound-only site (``shape.hub_comm_url``) the worker joins through the hub with
+    ``python -m cmsaf_hub.reverse`` (no nanny: that wrapper restarts a worker whose scheduler
+    connection broke) and needs no TLS files: the hub's own TLS carries it.
+    """
+    if shape.hub_comm_url:
+        cmd = [
+            shape.python, "-m", "cmsaf_hub.reverse", shape.hub_comm_url,
+            "--name", "$(ClusterId).$(ProcId)",
+            "--nthreads", str(shape.cores),
+            "--memory-limit", str(int(shape.memory_gib * 2**30)),
+            "--death-timeout", str(shape.death_timeout),
+            "--local-directory", "$_CONDOR_SCRATCH_DIR",
+        ]
+        if shape.lifetime:
+            cmd += ["--lifetime", f"{shape.lifetime}s", "--lifetime-stagger", f"{shape.lifetime_stagger}s"]
+        return cmd
     cmd = [
         shape.python, "-m", "distributed.cli.dask_worker", scheduler_address,
         "--name", "$(ClusterId).$(ProcId)",
@@ -260,7 +287,8 @@ def _base_description(
 ) -> dict[str, str]:
     check_name("cluster id", cluster_id)
     check_name("owner", owner)
-    script = _sandbox_exports(token_names, bearer) + "; exec " + " ".join(_shell_word(a) for a in command)
+    exports = _sandbox_exports(token_names, bearer, worker_credential=WORKER_CREDENTIAL_FILE in input_files)
+    script = exports + "; exec " + " ".join(_shell_word(a) for a in command)
     desc: dict[str, str] = {
         "universe": "vanilla",
         # Through the shell (like dask-jobqueue): HTCondor renames argv[0], which confuses Python,
@@ -322,8 +350,15 @@ def worker_description(
     tls: bool,
     env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The submit description of a cluster's workers (queued ``count`` times in one call)."""
-    files = [token_file_name(n) for n in token_names] + ([TLS_CERT_FILE, TLS_KEY_FILE] if tls else [])
+    """The submit description of a cluster's workers (queued ``count`` times in one call).
+
+    Workers at an outbound-only site get the worker credential instead of the cluster's TLS key.
+    """
+    files = [token_file_name(n) for n in token_names]
+    if shape.hub_comm_url:
+        files.append(WORKER_CREDENTIAL_FILE)
+    elif tls:
+        files += [TLS_CERT_FILE, TLS_KEY_FILE]
     return _base_description(
         shape,
         cluster_id=cluster_id,

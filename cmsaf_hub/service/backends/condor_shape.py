@@ -42,6 +42,30 @@ class CondorJobShapeConfig(LoggingConfigurable):
         "SiteName", help="Machine ClassAd attribute compared with the chosen site in requirements.",
     ).tag(config=True)
 
+    outbound_sites = List(
+        Unicode(), default_value=[],
+        help="""Sites (of ``sites``) whose worker nodes accept no inbound connection. Workers pinned
+        to one join through the hub's public URL (``hub_url``) with ``python -m cmsaf_hub.reverse``
+        and are reached by the scheduler, clients and other workers through the service's broker
+        (docs/outbound-workers.md); their job gets the cluster's worker credential as a sandbox file,
+        not its TLS key. Workers at other sites keep direct TLS connections.""",
+    ).tag(config=True)
+
+    hub_url = Unicode(
+        "",
+        help="""The hub's public URL as worker nodes at ``outbound_sites`` reach it, e.g.
+        https://hub.example/ (wss:// is used for https). Required when ``outbound_sites`` is set.""",
+    ).tag(config=True)
+
+    def hub_comm_url(self, cluster: ClusterSpec) -> str:
+        """The cluster's scheduler relay through the hub (``wss://hub/<prefix>clusters/<id>/comm``)."""
+        if not self.hub_url:
+            raise BackendError("HTCondorBackend.hub_url is not set, but outbound-only sites need it")
+        if not cluster.dashboard_prefix.endswith("/dashboard"):
+            raise BackendError("the cluster's service prefix is unknown (no dashboard prefix)")
+        base = self.hub_url.rstrip("/").replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        return base + cluster.dashboard_prefix[: -len("/dashboard")] + "/comm"
+
     disk_gib = Float(2.0, help="Disk requested per job, GiB.").tag(config=True)
 
     max_walltime = Int(
@@ -82,5 +106,6 @@ class CondorJobShapeConfig(LoggingConfigurable):
             lifetime_stagger=self.worker_lifetime_stagger,
             nanny=self.worker_nanny,
             extra_directives=dict(self.extra_directives),
+            hub_comm_url=self.hub_comm_url(cluster) if site and site in self.outbound_sites else None,
         )
 
