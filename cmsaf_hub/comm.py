@@ -185,6 +185,10 @@ async def _pipe(source: IOStream, sink: IOStream) -> None:
         sink.close()
 
 
+#: The running copy tasks of TLS-inside-TLS bridges.
+_BRIDGE_TASKS: set[asyncio.Task] = set()
+
+
 def _loopback_pair() -> tuple[socket.socket, socket.socket]:
     """Two connected loopback TCP sockets (TCP, not AF_UNIX: distributed sets TCP keepalive on its comms)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
@@ -207,8 +211,10 @@ def _bridge(outer: IOStream) -> IOStream:
     far_stream, near_stream = IOStream(far), IOStream(near, max_buffer_size=MAX_BUFFER_SIZE)
     for stream in (outer, far_stream):
         stream.read_chunk_size = BRIDGE_CHUNK_SIZE
-    asyncio.ensure_future(_pipe(outer, far_stream))
-    asyncio.ensure_future(_pipe(far_stream, outer))
+    for pipe in (_pipe(outer, far_stream), _pipe(far_stream, outer)):
+        task = asyncio.ensure_future(pipe)
+        _BRIDGE_TASKS.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_BRIDGE_TASKS.discard)
     return near_stream
 
 
