@@ -149,3 +149,6 @@ async def assert_foreign_key_refused(proxy_port: int, name: str, report: dict) -
     own = GatewaySecurity(tls_key=report["tls_key"], tls_cert=report["tls_cert"])
     async with Client(address, security=own, asynchronous=True, timeout=30) as client:
         assert await client.submit(sum, [1, 1]) == 2
+    # the right key but a name with no running cluster behind it: closed before any scheduler
+    with pytest.raises(OSError):
+        await Client(f"gateway://127.0.0.1:{proxy_port}/0000unknown", security=own, asynchronous=True, timeout=10)
