@@ -259,13 +259,16 @@ class HubListener(BaseListener):
     async def start(self) -> None:
         """Open the control channel; fail (OSError) if the service does not register the worker in time."""
         self._control_task = asyncio.create_task(self._control_loop(), name=f"hub-control-{self.worker_id}")
-        try:
-            await asyncio.wait_for(self.registered.wait(), connect_timeout())
-        except asyncio.TimeoutError:
+        registered = asyncio.ensure_future(self.registered.wait())
+        await asyncio.wait([registered, self._control_task], timeout=connect_timeout(),
+                           return_when=asyncio.FIRST_COMPLETED)
+        if self._control_task.done():  # a refusal (401/403/404) ends the loop before registration
+            registered.cancel()
+            raise self._control_task.exception() or OSError(f"{self.contact_address}: control channel ended")
+        if not registered.done():
+            registered.cancel()
             self.stop()
-            raise OSError(f"the hub did not register {self.contact_address} within {connect_timeout():g} s") from None
-        if self._control_task.done() and self._control_task.exception():
-            raise self._control_task.exception()  # type: ignore[misc]
+            raise OSError(f"the hub did not register {self.contact_address} within {connect_timeout():g} s")
 
     def stop(self) -> None:
         self._stopped = True
