@@ -64,8 +64,8 @@ from . import comm as hub_comm
 
 logger = logging.getLogger("cmsaf_hub.reverse")
 
-#: comm scheme -> (websocket scheme of the hub, whether the hub leg is TLS)
-SCHEMES = {"hubrev": ("ws", False), "hubrevs": ("wss", True)}
+#: comm scheme -> whether the hub is reached over TLS (https/wss)
+HUB_TLS = {"hubrev": False, "hubrevs": True}
 #: The service answers a refused upgrade with a small JSON body; read at most this much of it.
 MAX_HEAD_BYTES = 64 * 1024
 #: HTTP statuses after which retrying a brokered connect cannot help (Dask's connect stops at once).
@@ -204,7 +204,7 @@ class HubConnector(Connector):
         self.scheme = scheme
 
     async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> TCP:
-        location = HubLocation.parse(address, SCHEMES[self.scheme][1])
+        location = HubLocation.parse(address, HUB_TLS[self.scheme])
         stream = await open_upgraded_stream(
             location, location.path, _authorization(connection_args),
             _hub_ssl_context(location, connection_args), connect_timeout())
@@ -222,7 +222,7 @@ class HubListener(BaseListener):
                  allow_offload: bool = True, **connection_args: Any):
         super().__init__()
         self.scheme = scheme
-        self.cluster = HubLocation.parse(loc, SCHEMES[scheme][1])
+        self.cluster = HubLocation.parse(loc, HUB_TLS[scheme])
         self.worker_id = secrets.token_hex(8)
         self.comm_handler = comm_handler
         self.deserialize = deserialize
@@ -353,10 +353,10 @@ class HubBackend(Backend):
         return HubListener(self.scheme, loc, handle_comm, deserialize, **connection_args)
 
     def get_address_host(self, loc: str) -> str:
-        return HubLocation.parse(loc, SCHEMES[self.scheme][1]).host
+        return HubLocation.parse(loc, HUB_TLS[self.scheme]).host
 
     def get_address_host_port(self, loc: str) -> tuple[str, int]:
-        location = HubLocation.parse(loc, SCHEMES[self.scheme][1])
+        location = HubLocation.parse(loc, HUB_TLS[self.scheme])
         return location.host, location.port
 
     def resolve_address(self, loc: str) -> str:

@@ -115,6 +115,7 @@ async def test_an_outbound_only_worker_is_a_full_member_and_survives_a_service_r
             x = client.submit(operator.mul, b"x", 3_000_000, workers=[outbound], pure=False)
             y = client.submit(operator.mul, b"y", 1_000_000, workers=[facility], pure=False)
             assert len(await x) == 3_000_000
+            # directly too, before z below copies x to the facility worker (which the client cannot reach)
             assert (await client.gather(x, direct=True))[:1] == b"x"
             # the facility worker fetches x from the outbound one (a task depending on results held on each)
             z = client.submit(operator.add, x, y, workers=[facility], allow_other_workers=False)
@@ -157,9 +158,10 @@ async def test_an_outbound_only_worker_is_a_full_member_and_survives_a_service_r
             assert service_pid(sh) != old
             x2 = client.submit(operator.mul, b"x", 2_000_000, workers=[outbound2], pure=False)
             y2 = client.submit(operator.mul, b"y", 1_000, workers=[facility], pure=False)
+            # directly while only the outbound worker holds x2 (the client cannot reach tls:// workers)
+            assert (await asyncio.wait_for(client.gather(x2, direct=True), 120))[:1] == b"x"
             z2 = client.submit(operator.add, x2, y2, workers=[facility], allow_other_workers=False)
             assert await asyncio.wait_for(z2, 120) == b"x" * 2_000_000 + b"y" * 1_000
-            assert (await client.gather(x2, direct=True))[:1] == b"x"
         assert join["credential"] not in (tmp_path / "outbound.log").read_text()
     finally:
         if worker is not None:
