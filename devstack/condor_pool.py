@@ -174,6 +174,7 @@ PREEMPT = False
 KILL = False
 SiteName = "T2_TEST"
 STARTD_ATTRS = $(STARTD_ATTRS) SiteName
+MASTER_BACKOFF_CONSTANT = 1
 NEGOTIATOR_INTERVAL = 2
 NEGOTIATOR_CYCLE_DELAY = 1
 SCHEDD_INTERVAL = 2
@@ -242,6 +243,8 @@ class Pool:
     condor_config: dict[str, str]
     service_token_file: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: the condor_master this pool started (its daemons are its children)
+    master_pid: int | None = None
 
     async def token(self, user: str) -> str:
         return await condor_token(self.iam, user)
@@ -265,10 +268,23 @@ class Pool:
         out = subprocess.run([sys.executable, "-c", probe], env=self.env, capture_output=True, text=True).stdout.strip()
         return int(out) if out.isdigit() else None
 
+    def _child_pid(self, program: str) -> int | None:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(fields[1]) == self.master_pid and (entry / "comm").read_text().strip() == program:
+                        return int(entry.name)
+        return None
+
     def restart_schedd(self, timeout: float = POOL_START_TIMEOUT) -> None:
-        """Restart the schedd through its master (as root) and return once the new one is advertised."""
+        """Kill the schedd (a crash: running jobs keep running under their leases); its master starts
+        a new one. Returns once the new schedd is advertised."""
         before = self.schedd_started()
-        subprocess.run(["condor_restart", "-daemon", "schedd"], env=self.env, check=True, capture_output=True)
+        pid = self._child_pid("condor_schedd")
+        if pid is None:
+            raise RuntimeError("the pool's condor_schedd process was not found")
+        os.kill(pid, 9)
         deadline = time.monotonic() + timeout
         while (now := self.schedd_started()) is None or now == before:
             if time.monotonic() > deadline:
@@ -337,7 +353,7 @@ def personal_pool(token_lifetime: int = 30) -> Iterator[Pool]:
             "AUTH_SSL_CLIENT_CAFILE": str(iam.ca_cert),
         }
         yield Pool(iam=iam, local_dir=local, schedd_name=SCHEDD_NAME, condor_config=client_config,
-                   service_token_file=work / "cmsafsvc.token", env=server_env)
+                   service_token_file=work / "cmsafsvc.token", env=server_env, master_pid=master.pid)
     finally:
         if master is not None:
             master.terminate()

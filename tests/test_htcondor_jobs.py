@@ -275,9 +275,13 @@ def test_the_inputs_job_never_runs_and_carries_the_workers_files_and_cluster():
         "request_cpus": "1", "request_memory": "1", "request_disk": "1", "leave_in_queue": "false",
         "MY.CmsafRole": '"inputs"'}
     htcondor2.Submit(inputs)
-    reading = reading_inputs_of(worker, "41.0", "/var/lib/condor/spool/41/0/cluster41.proc0.subproc0")
-    assert reading == {**worker, "initialdir": "/var/lib/condor/spool/41/0/cluster41.proc0.subproc0",
-                       "MY.CmsafInputs": '"41.0"'}
+    spool = "/var/lib/condor/spool/41/0/cluster41.proc0.subproc0"
+    reading = reading_inputs_of(worker, "41.0", spool)
+    files = ",".join(f"{spool}/{name}" for name in ("condor.token", "xrootd.token", "dask-tls.crt", "dask-tls.key"))
+    assert reading == {**worker, "initialdir": "/", "transfer_input_files": files, "encrypt_input_files": files,
+                       "output": f"{spool}/worker-$(ClusterId).$(ProcId).out",
+                       "error": f"{spool}/worker-$(ClusterId).$(ProcId).err", "MY.CmsafInputs": '"41.0"'}
+    htcondor2.Submit(reading)
 
 
 def test_job_environments_are_built_from_the_allowlist_only():

@@ -177,12 +177,16 @@ class FakeSchedd:
                     job.update(JobStatus=2, EnteredCurrentStatus=time.time())
 
     @staticmethod
-    def _project(job: dict, projection: list[str]):
-        """Rule: a query returns the projected attributes the job has, and no others."""
+    def _project(job: dict, projection: list[str], server_time: bool = True):
+        """Rule: a query returns the projected attributes the job has, plus the schedd's
+        ``ServerTime``, and no others (the history adds no ServerTime)."""
         import classad2
 
-        return classad2.ClassAd({k: v for k, v in job.items() if not k.startswith("_") and k != "TransferInput"
-                                 and (not projection or k in projection)})
+        ad = {k: v for k, v in job.items() if not k.startswith("_") and k != "TransferInput"
+              and (not projection or k in projection)}
+        if server_time:
+            ad["ServerTime"] = int(time.time())
+        return classad2.ClassAd(ad)
 
     @staticmethod
     def _matches(job: dict, constraint: str) -> bool:
@@ -200,15 +204,16 @@ class FakeSchedd:
 
     def history(self, constraint, projection, match=-1):
         jobs = [j for j in self.pool.transaction()["history"].values() if self._matches(j, constraint)]
-        return [self._project(j, list(projection)) for j in jobs[:match if match > 0 else None]]
+        return [self._project(j, list(projection), False) for j in jobs[:match if match > 0 else None]]
 
     def act(self, action, job_spec, reason=None):
         """Rule: act() reports totals and never raises for refused jobs: another user's job is
         TotalPermissionDenied unless the caller is a queue super user; an already removed job is
         TotalAlreadyDone; an unknown id is TotalNotFound. Holding a job held by the user or by
-        spooling is TotalAlreadyDone; a removed or completed job cannot be held."""
+        spooling is TotalAlreadyDone; a removed or completed job cannot be held. Rule: the schedd
+        appends " (by user <name>)" to the reason given (HoldReason, RemoveReason)."""
         name = getattr(action, "name", str(action))
-        text = reason[0] if isinstance(reason, tuple) else reason
+        text = f"{reason[0] if isinstance(reason, tuple) else reason} (by user {self.user})"
 
         def apply(state):
             totals = dict.fromkeys(["TotalError", "TotalSuccess", "TotalNotFound", "TotalBadStatus",
@@ -554,14 +559,15 @@ def test_the_real_seam_spools_a_batchs_files_once_and_its_workers_read_them_from
     assert out["iwd"] == str(tmp_path / "pool" / "spool" / "100" / "0")
     assert {p.name: p.read_text() for p in Path(out["iwd"]).iterdir()} == files  # spooled once, for all three
     alice = seams["alice"]
-    projection = ["ClusterId", "ProcId", "JobStatus", "Owner", "CmsafRole", "CmsafInputs", "Iwd"]
+    projection = ["ClusterId", "ProcId", "JobStatus", "Owner", "CmsafRole", "CmsafInputs", "TransferInput", "Iwd"]
     first = {f"{a['ClusterId']}.{a['ProcId']}": a for a in alice.query(None, "true", projection)}
     assert {j: (a["JobStatus"], a["Owner"]) for j, a in first.items()} == {
         "100.0": (1, "alice"), "101.0": (1, "alice"), "101.1": (1, "alice"), "101.2": (1, "alice")}  # idle first
-    assert first["101.1"]["CmsafInputs"] == "100.0" and first["101.1"]["Iwd"] == out["iwd"]
+    assert first["101.1"]["CmsafInputs"] == "100.0" and first["101.1"]["Iwd"] == "/"
     then = {f"{a['ClusterId']}.{a['ProcId']}": a["JobStatus"] for a in alice.query(None, "true", ["ClusterId", "ProcId", "JobStatus"])}
     assert then == {"100.0": 1, "101.0": 2, "101.1": 2, "101.2": 2}  # the inputs job never runs
-    assert alice.query(None, "ProcId == 2", ["JobStatus"]) == [{"JobStatus": 2}]  # projections are honoured
+    [ad] = alice.query(None, "ProcId == 2", ["JobStatus"])
+    assert ad.pop("ServerTime") > 0 and ad == {"JobStatus": 2}  # projections are honoured (+ ServerTime)
     # another user cannot remove alice's jobs, and act() says so in its totals instead of raising
     denied = seams["bob"].act(None, "Remove", ["101.0", "101.9"], "cmsaf: test")
     assert (denied["TotalPermissionDenied"], denied["TotalNotFound"], denied["TotalSuccess"]) == (1, 1, 0)
@@ -570,7 +576,8 @@ def test_the_real_seam_spools_a_batchs_files_once_and_its_workers_read_them_from
     # removed jobs linger in state X for a while, then are in the history
     looks = [[a["JobStatus"] for a in alice.query(None, "ClusterId == 101 && ProcId == 0", ["JobStatus"])] for _ in range(3)]
     assert looks == [[3], [3], []]
-    assert alice.history(None, "ClusterId == 101 && ProcId == 0", ["RemoveReason"], 1) == [{"RemoveReason": "cmsaf: test"}]
+    assert alice.history(None, "ClusterId == 101 && ProcId == 0", ["RemoveReason"], 1) == [
+        {"RemoveReason": "cmsaf: test (by user alice)"}]
 
 
 def test_a_spooled_submission_is_held_by_the_schedd_until_spooled(tmp_path):
@@ -582,11 +589,13 @@ def test_a_spooled_submission_is_held_by_the_schedd_until_spooled(tmp_path):
     (staging / "in.txt").write_text("x")
     result = schedd.submit(bindings.Submit({"executable": "/bin/true", "transfer_input_files": "in.txt",
                                             "initialdir": str(staging)}), count=1, spool=True)
-    held = [dict(a) for a in schedd.query("true", ["JobStatus", "HoldReasonCode", "HoldReason"])]
+    held = [{k: v for k, v in a.items() if k != "ServerTime"}
+            for a in schedd.query("true", ["JobStatus", "HoldReasonCode", "HoldReason"])]
     assert held == [{"JobStatus": 5, "HoldReasonCode": 16, "HoldReason": "Spooling input data files"}]
     assert schedd.act(bindings.JobAction.Hold, ["100.0"], ("too early", None))["TotalAlreadyDone"] == 1
     schedd.spool(result)
-    assert [dict(a) for a in schedd.query("true", ["JobStatus", "HoldReasonCode"])] == [{"JobStatus": 1}]
+    assert [{k: v for k, v in a.items() if k != "ServerTime"} for a in schedd.query("true", ["JobStatus", "HoldReasonCode"])] == [
+        {"JobStatus": 1}]
 
 
 def test_an_unmapped_token_fails_authentication(tmp_path):

@@ -433,9 +433,23 @@ def inputs_description(worker: Mapping[str, str]) -> dict[str, str]:
 def reading_inputs_of(worker: Mapping[str, str], inputs_job: str, inputs_iwd: str) -> dict[str, str]:
     """``worker`` taking its sandbox files from the spool directory of ``inputs_job``.
 
-    ``inputs_iwd`` is that job's ``Iwd`` after spooling (a directory on the schedd's host, owned by
-    the same user, so the workers' shadows can read it); the workers' stdout/stderr land there too."""
-    return {**worker, "initialdir": inputs_iwd, f"MY.{ATTR_INPUTS}": classad_string(inputs_job)}
+    ``inputs_iwd`` is that job's ``Iwd`` after spooling: a directory on the schedd's host, owned by
+    the same user, so the workers' shadows can read it. The submitting side checks that a job's
+    ``initialdir`` exists locally, and the schedd may be remote: so the workers' initialdir is ``/``
+    and their input files (and stdout/stderr) are named by absolute paths in that directory.
+    """
+    def inside(names: str) -> str:
+        return ",".join(f"{inputs_iwd}/{name}" for name in names.split(",") if name)
+
+    return {
+        **worker,
+        "initialdir": "/",
+        "transfer_input_files": inside(worker.get("transfer_input_files", "")),
+        "encrypt_input_files": inside(worker.get("encrypt_input_files", "")),
+        "output": f"{inputs_iwd}/{worker['output']}",
+        "error": f"{inputs_iwd}/{worker['error']}",
+        f"MY.{ATTR_INPUTS}": classad_string(inputs_job),
+    }
 
 
 def cluster_constraint(cluster_ids: Iterable[str], role: str | None = None) -> str:

@@ -108,10 +108,13 @@ class CondorSeam:
             self._schedds[name] = htcondor2.Schedd(location)
         return self._schedds[name]
 
-    def forget_schedds(self) -> None:
+    def forget_schedds(self) -> bool:
         """Locate schedds afresh on the next call: after a failure the schedd may have moved (a
-        restarted schedd listens on a new port, and the collector's ad says so)."""
+        restarted schedd listens on a new port, and the collector's ad says so). True if any
+        location was cached."""
+        cached = bool(self._schedds)
         self._schedds.clear()
+        return cached
 
     def submit(self, schedd: str | None, description: dict[str, str], count: int, files: dict[str, str]) -> list[str]:
         """Queue ``count`` jobs in one transaction; spool ``files`` (by name) into their sandboxes.
@@ -217,6 +220,15 @@ def _run(identity: str, token: str | None, method: str, args: tuple, secrets: tu
     if token is not None:
         _install_token(token)
     try:
+        try:
+            return getattr(_SEAM, method)(*args)
+        except SeamError:
+            raise
+        except Exception as e:
+            # A cached schedd location that refuses connections: the schedd restarted on a new
+            # port. Nothing reached it, so locating it afresh and trying once more is safe.
+            if "Failed to connect" not in str(e) or not getattr(_SEAM, "forget_schedds", lambda: False)():
+                raise
         return getattr(_SEAM, method)(*args)
     except SeamError:
         raise
