@@ -179,3 +179,28 @@ async def test_the_cache_authorises_each_user_with_their_own_token(site):
     r = await asyncio.to_thread(read_in_session, env, OTHER_FILE, False)
     assert r.returncode != 0
     assert b"StorageAccessError" in r.stderr and b"permission denied" in r.stderr.lower()
+
+
+async def test_fsspec_and_uproot_read_the_facilitys_roots_urls_with_their_defaults(site):
+    """``roots://`` (what facility_url hands out) resolves in fsspec through cmsaf-hub's entry point to
+    a filesystem that keeps TLS; uproot.open reads it with default settings, through the XCache."""
+    token = await user_token(site.iam, site.client, "alice", scope="storage.read:/store")
+    env = site.env(site.token_file("alice-fsspec", token), cache=True)
+    code = (
+        "import sys, fsspec, uproot\n"
+        "from cmsaf_hub.data import facility_url\n"
+        f"url = facility_url({OTHER_FILE!r})\n"
+        "fs, path = fsspec.core.url_to_fs(url)\n"
+        "print(url.split(':')[0], type(fs).__name__, fs.unstrip_protocol(path).split(':')[0])\n"
+        "with fsspec.open(url, 'rb') as f:\n"
+        "    sys.stdout.buffer.write(f.read())\n"
+        "print()\n"
+        "print(sorted(uproot.open(url).keys()))\n"
+    )
+    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], env={**os.environ, **env},
+                                capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    first, rest = r.stdout.split(b"\n", 1)
+    assert first.decode().split() == ["roots", "SecureXRootDFileSystem", "roots"]
+    assert rest.startswith(site.files[OTHER_FILE])
+    assert rest[len(site.files[OTHER_FILE]):].strip() == b"['events;1']"
