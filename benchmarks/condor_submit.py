@@ -150,9 +150,15 @@ async def run(sizes: list[int], peer_max: int) -> None:
             for n in sizes:
                 ours = await time_backend(backend, spec_for(pool, token, f"bench-{n}"), n)
                 raw = await time_raw(backend, spec_for(pool, token, f"bench-raw-{n}"), n, env)
-                peer = await time_jobqueue(pool, n, env) if n <= peer_max else None
+                peer, peer_text = None, f"{'not run':>16}"
+                if n <= peer_max:
+                    try:
+                        peer = await time_jobqueue(pool, n, env)
+                        peer_text = f"{peer:16.3f}"
+                    except Exception as e:  # e.g. one of n concurrent condor_submits failing to authenticate
+                        peer_text = f"{'failed':>16}"
+                        print(f"dask-jobqueue failed to queue {n} workers: {type(e).__name__}: {str(e)[:200]}")
                 results[n] = (ours, peer, raw)
-                peer_text = f"{peer:16.3f}" if peer is not None else f"{'not run':>16}"
                 print(f"{n:>8} {ours:>18.3f} {peer_text} {raw:>13.3f} {ratio(peer, ours):>17} {ratio(ours, raw):>12}")
         finally:
             await backend.close()
