@@ -85,6 +85,14 @@ class Demo:
             raise DemoError(f"the demo's banner names no CA:\n{self.banner}")
         return Path(match.group(1))
 
+    def hub_errors(self, lines: int = 15) -> str:
+        """The hub log's last error lines, for messages that must say why the hub refused."""
+        try:
+            text = (self.state_dir / "hub" / "jupyterhub.log").read_text(errors="replace")
+        except OSError:
+            return "(no hub log)"
+        return "\n".join([line for line in text.splitlines() if line.startswith("[E")][-lines:]) or "(no errors logged)"
+
     async def stop(self, timeout: float = 60) -> None:
         """Ctrl-C, as a user stops it."""
         proc, self.proc = self.proc, None
@@ -151,7 +159,7 @@ async def log_in_and_spawn(demo: Demo, user: str, password: str, timeout: float 
     async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}, timeout=60) as http:
         r = await http.post(f"{api}/server")
         if r.status_code not in (201, 202, 400):  # 400: already running
-            raise DemoError(f"spawning {user}'s server: {r.status_code} {r.text[:300]}")
+            raise DemoError(f"spawning {user}'s server: {r.status_code} {r.text[:300]}\n{demo.hub_errors()}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
@@ -160,7 +168,7 @@ async def log_in_and_spawn(demo: Demo, user: str, password: str, timeout: float 
             if server.get("ready"):
                 return UserSession(demo, user, token)
             if not server.get("pending") and not server:
-                raise DemoError(f"{user}'s server stopped while starting; hub log: {demo.log_path}")
+                raise DemoError(f"{user}'s server stopped while starting:\n{demo.hub_errors()}")
             await asyncio.sleep(0.5)
     raise DemoError(f"{user}'s server not ready after {timeout:.0f}s")
 
