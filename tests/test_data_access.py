@@ -131,7 +131,7 @@ async def test_dask_worker_reads_through_the_cache_with_tokens_the_service_keeps
             finally:
                 await stack.origin.start()
             assert second == first
-        token_file = Path(backend.state_dir) / "data0001" / "tokens" / "xrootd.token"
+        token_file = Path(backend.state_dir) / "data0001" / "run" / "tokens" / "xrootd.token"
         assert token_file.read_text() == fresh and stat.S_IMODE(token_file.stat().st_mode) == 0o600
     finally:
         await backend.stop_cluster(spec)
