@@ -121,8 +121,9 @@ async def test_cli_round_trip_and_the_sidebar_manager(hub_factory, tmp_path):
             jupyter.get, f"dask/dashboard/{lab_id_for(cid)}{plots['Individual Task Stream']}"
         )
         assert status == 200 and b"bokeh" in body, body[:500]
-        # the plot's own resources load from the hub's origin, below the service's dashboard path
-        assert f'src="/services/cmsaf/clusters/{cid}/dashboard/static/'.encode() in body
+        # the plot's own resources load through this proxy (the browser has no cookie for the service)
+        assert f'src="/dask/dashboard/{lab_id_for(cid)}/static/'.encode() in body
+        assert f"/services/cmsaf/clusters/{cid}/dashboard/".encode() not in body
     finally:
         jupyter.stop()
     code, out, _ = await cli("dashboard", cid)
