@@ -126,6 +126,11 @@ DATA_ENV = {name: value for name, value in {
     "X509_CERT_DIR": setting("X509_CERT_DIR"),
 }.items() if value}
 c.IAMLocalSpawner.xrootd_env = DATA_ENV
+# dask-gateway clients' scheduler proxy (docs/dask-gateway.md): the service listens on this port of
+# 127.0.0.1 and sessions' Gateway() connects there; unset: no proxy (Gateway() lists and scales only).
+GATEWAY_PROXY_PORT = setting("GATEWAY_PROXY_PORT", "")
+if GATEWAY_PROXY_PORT:
+    c.IAMLocalSpawner.dask_gateway_proxy_address = f"127.0.0.1:{GATEWAY_PROXY_PORT}"
 c.Spawner.default_url = "/lab"
 
 # --- the Dask cluster service (hub-managed service "cmsaf") ----------------------------------------
@@ -150,6 +155,7 @@ if setting("CLUSTER_SERVICE", "on") != "off":
         # clusters' processes get no environment of the service's: they read data like sessions do
         # with these (for HTCondor workers, CmsafService.cluster_env in CMSAF_SERVICE_CONFIG too)
         cluster_env=DATA_ENV,
-        args=backend_args if setting("SERVICE_BACKEND", "local") == "local" else [],
+        args=(backend_args if setting("SERVICE_BACKEND", "local") == "local" else [])
+        + ([f"--DaskGateway.proxy_listen=127.0.0.1:{GATEWAY_PROXY_PORT}"] if GATEWAY_PROXY_PORT else []),
         same_user=SAME_USER,
     )

@@ -60,7 +60,8 @@ class Demo:
         log = open(self.log_path, "wb")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "devstack.launcher", "--port", str(self.port), "--iam-port", str(free_port()),
-            "--service-port", str(free_port()), "--state-dir", str(self.state_dir),
+            "--service-port", str(free_port()), "--gateway-port", str(free_port()),
+            "--state-dir", str(self.state_dir),
             cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )

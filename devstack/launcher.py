@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iam-port", type=int, default=8443, help="the dev IAM's HTTPS port (default 8443)")
     p.add_argument("--service-port", type=int, default=10101,
                    help="the cluster service's port on 127.0.0.1, behind the hub (default 10101)")
+    p.add_argument("--gateway-port", type=int, default=8786,
+                   help="the port on 127.0.0.1 of the cluster service's dask-gateway scheduler proxy (default 8786)")
     p.add_argument("--state-dir", type=Path, default=REPO_ROOT / ".devstack",
                    help="where the CA, keys and databases are kept (default .devstack/ in the repository)")
     p.add_argument("--no-data", action="store_true",
@@ -76,7 +78,8 @@ def check_prerequisites(args: argparse.Namespace) -> None:
         raise LaunchError("the dev stack's Node.js packages are missing: run ./demo (or npm ci --prefix devstack)")
     if not (REPO_ROOT / "jupyterhub_config.py").is_file():
         raise LaunchError(f"cannot read {REPO_ROOT / 'jupyterhub_config.py'}")
-    for name, port in (("--port", args.port), ("--iam-port", args.iam_port), ("--service-port", args.service_port)):
+    for name, port in (("--port", args.port), ("--iam-port", args.iam_port), ("--service-port", args.service_port),
+                       ("--gateway-port", args.gateway_port)):
         if not port_is_free(port):
             raise LaunchError(f"port {port} on 127.0.0.1 is in use: stop what uses it or pass {name} <other port>")
 
@@ -121,7 +124,8 @@ async def run(args: argparse.Namespace) -> None:
         iam=IAMClientSettings(issuer="", client_id=HUB_CLIENT_ID, client_secret=client_secret),
         crypt_key=crypt_key,
         port=args.port,
-        env={"CMSAF_SERVICE_PORT": str(args.service_port), "CMSAF_SERVICE_CRYPT_KEY_FILE": str(service_key_file),
+        env={"CMSAF_SERVICE_PORT": str(args.service_port), "CMSAF_GATEWAY_PROXY_PORT": str(args.gateway_port),
+             "CMSAF_SERVICE_CRYPT_KEY_FILE": str(service_key_file),
              **isolation_env},
     )
     data_reason = "turned off (--no-data)" if args.no_data else missing_prerequisites()

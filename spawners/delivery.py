@@ -125,6 +125,14 @@ class TokenDeliveryMixin(Configurable):
         extension creates.""",
     ).tag(config=True)
 
+    dask_gateway_proxy_address = Unicode(
+        "",
+        help="""``host:port`` where sessions' dask-gateway clients reach the service's scheduler proxy
+        (the service's ``DaskGateway.proxy_listen``, as seen from sessions: on Kubernetes the address
+        of its own Service), exported as ``DASK_GATEWAY__PROXY_ADDRESS=gateway://<host:port>``.
+        Empty: the service URL's host on port 8786, dask-gateway's default.""",
+    ).tag(config=True)
+
     server_extensions = List(
         Unicode(),
         ["cmsaf_hub.client.labextension"],
@@ -190,6 +198,7 @@ class TokenDeliveryMixin(Configurable):
             xrootd_env=dict(self.xrootd_env),
             dask_factory_module=self.dask_factory_module,
             dask_factory_class=self.dask_factory_class,
+            dask_gateway_proxy_address=self.dask_gateway_proxy_address,
         )
 
     def default_service_url(self) -> str:

@@ -139,8 +139,9 @@ class SessionSettings:
     dask_factory_module: str = "cmsaf_hub.client"
     dask_factory_class: str = "HubCluster"
     dask_security_loader: str = "cmsaf_hub.client.security.security_loader"
-    #: Port of the service's dask-gateway scheduler proxy on the service URL's host (docs/dask-gateway.md).
-    dask_gateway_proxy_port: int = 8786
+    #: ``host:port`` of the service's dask-gateway scheduler proxy as sessions reach it; empty: the
+    #: service URL's host on :data:`DEFAULT_GATEWAY_PROXY_PORT` (docs/dask-gateway.md).
+    dask_gateway_proxy_address: str = ""
 
 
 def choose_bearer_token(token_names: Iterable[str], configured: str = "") -> str | None:
@@ -183,17 +184,22 @@ def session_env(settings: SessionSettings, token_names: Iterable[str]) -> dict[s
     }
     env.update({key: value for key, value in optional.items() if value})
     if settings.service_url:
-        env.update(dask_gateway_env(settings.service_url, settings.dask_gateway_proxy_port))
+        env.update(dask_gateway_env(settings.service_url, settings.dask_gateway_proxy_address))
     return env
 
 
-def dask_gateway_env(service_url: str, proxy_port: int) -> dict[str, str]:
+#: dask-gateway's own default scheduler-proxy port, used when no proxy address is configured.
+DEFAULT_GATEWAY_PROXY_PORT = 8786
+
+
+def dask_gateway_env(service_url: str, proxy_address: str = "") -> dict[str, str]:
     """Dask config with which ``dask_gateway.Gateway()``, given no arguments, uses this facility."""
     base = service_url.rstrip("/")
+    host_port = proxy_address.removeprefix("gateway://") or f"{urlsplit(base).hostname}:{DEFAULT_GATEWAY_PROXY_PORT}"
     return {
         "DASK_GATEWAY__ADDRESS": base + "/gateway",
         "DASK_GATEWAY__PUBLIC_ADDRESS": base,
-        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{urlsplit(base).hostname}:{proxy_port}",
+        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{host_port}",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
     }
 

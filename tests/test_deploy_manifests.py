@@ -629,7 +629,8 @@ def test_admin_guide_knobs_exist():
 def test_admin_guide_links_the_per_part_documents():
     guide = ADMIN_GUIDE.read_text()
     for doc in ("architecture.md", "authenticator.md", "spawners.md", "cluster-service.md", "htcondor.md",
-                "proxy.md", "client.md", "user-guide.md"):
+                "proxy.md", "client.md", "user-guide.md", "web-ui.md", "data-access.md", "dask-gateway.md",
+                "outbound-workers.md", "threat-model.md"):
         assert f"]({doc})" in guide
 
 

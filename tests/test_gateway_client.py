@@ -122,7 +122,8 @@ async def test_dask_gateway_client_from_outside_and_from_a_session(service_hub_f
         assert await gateway.list_clusters() == []
 
     # a notebook in a session: Gateway() with no arguments, from the spawner's environment
-    settings = SessionSettings(token_dir=str(tmp_path), service_url=f"{service}/", dask_gateway_proxy_port=proxy_port)
+    settings = SessionSettings(token_dir=str(tmp_path), service_url=f"{service}/",
+                               dask_gateway_proxy_address=f"127.0.0.1:{proxy_port}")
     env = {**os.environ, **session_env(settings, []), "JUPYTERHUB_API_TOKEN": alice}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SESSION_NOTEBOOK, env=env,
                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -45,7 +45,7 @@ async def alice():
 
 
 async def test_there_are_notebooks_to_run():
-    assert {p.name for p in NOTEBOOKS} >= {"read-data-on-a-cluster.ipynb", "ttbar-analysis.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"read-data-on-a-cluster.ipynb", "ttbar-analysis.ipynb", "dask-gateway.ipynb"}
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)

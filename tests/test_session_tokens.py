@@ -167,6 +167,15 @@ def test_session_env_full():
     }
 
 
+@pytest.mark.parametrize("configured", ["gw.example:443", "gateway://gw.example:443"])
+def test_session_env_gateway_proxy_address_as_configured(configured):
+    settings = SessionSettings(token_dir="/t", service_url="https://hub.example/services/cmsaf/",
+                               dask_gateway_proxy_address=configured)
+    assert session_env(settings, [])["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://gw.example:443"
+    default = SessionSettings(token_dir="/t", service_url="https://hub.example/services/cmsaf/")
+    assert session_env(default, [])["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://hub.example:8786"
+
+
 def test_session_env_omits_unset_and_absent():
     env = session_env(SessionSettings(token_dir="/t", condor_auth_methods=""), ["xrootd"])
     assert env["BEARER_TOKEN_FILE"] == "/t/xrootd.token"
