@@ -99,7 +99,11 @@ async def test_dask_gateway_client_from_outside_and_from_a_session(service_hub_f
                 await theirs.stop_cluster(name)
             assert await theirs.list_clusters() == []
         async with httpx.AsyncClient(base_url=f"{service}/gateway/api/v1/", timeout=30) as http:
-            assert (await http.get(f"clusters/{name}")).status_code == 401  # what makes the client authenticate
+            anonymous = await http.get(f"clusters/{name}")  # a 401 is what makes the client authenticate
+            assert (anonymous.status_code, anonymous.headers.get("WWW-Authenticate")) == (401, "jupyterhub")
+            forged = await http.get(f"clusters/{name}", headers={"Authorization": "jupyterhub not-a-token"})
+            assert (forged.status_code, forged.json()) == (  # a credential was sent: refused, not asked for again
+                403, {"error": "authentication required: send 'Authorization: token <hub API token>'"})
             mine = await http.get(f"clusters/{name}", headers={"Authorization": f"jupyterhub {alice}"})
             theirs_r = await http.get(f"clusters/{name}", headers={"Authorization": f"jupyterhub {eve}"})
             unknown = await http.get("clusters/0000unknown", headers={"Authorization": f"jupyterhub {eve}"})

@@ -85,11 +85,16 @@ class GatewayAPIHandler(BaseAPIHandler):
             await super().prepare()
             return
         if scheme.lower() not in ("jupyterhub", "token", "bearer") or not value.strip():
-            # dask-gateway's client sends its credentials only after a 401 naming the scheme
-            self.set_header("WWW-Authenticate", "jupyterhub")
+            # dask-gateway's client sends its credentials only after a 401
             raise APIError(401, "authentication required: 'Authorization: jupyterhub <hub API token>'")
         self.request.headers["Authorization"] = f"token {value.strip()}"
         await super().prepare()
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        if status_code == 401:
+            # RFC 7235: a 401 names the scheme to use; set here, since send_error clears earlier headers
+            self.set_header("WWW-Authenticate", "jupyterhub")
+        super().write_error(status_code, **kwargs)
 
     def cluster_or_404(self, cluster_id: str) -> ClusterRecord:
         """The service's lookup (unknown and foreign clusters look the same), in dask-gateway's words."""
