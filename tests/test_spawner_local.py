@@ -108,7 +108,7 @@ async def verify_with_iam_jwks(hub, token: str, audience: str) -> dict:
 async def test_session_holds_verified_token_files_and_nothing_secret(hub_factory, tmp_path):
     session_root = tmp_path / "sessions"
     hub = await hub_factory(extra_config=local_spawner_config(session_root))
-    browser = await login_via_iam(hub, "alice", "alice-password")
+    browser = await login_via_iam(hub, "alice", "alice-password", next_url="/hub/home")  # no spawn at login
     await browser.aclose()
     r = await start_server(hub, "alice")
     assert r.status_code in (201, 202), r.text
@@ -228,7 +228,7 @@ async def test_short_lived_tokens_replaced_before_expiry_and_through_an_idp_outa
         extra_config=local_spawner_config(session_root) + cmsaf_service_config(tmp_path),
         iam_options={"access_token_lifetime": 60},
     )
-    browser = await login_via_iam(hub, "alice", "alice-password")
+    browser = await login_via_iam(hub, "alice", "alice-password", next_url="/hub/home")  # no spawn at login
     await browser.aclose()
     r = await start_server(hub, "alice")
     assert r.status_code in (201, 202), r.text
