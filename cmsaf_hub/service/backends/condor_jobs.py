@@ -32,9 +32,10 @@ ATTR_INPUTS = "CmsafInputs"
 
 #: TLS material as transferred into the sandbox (same file names on scheduler and workers).
 TLS_CERT_FILE = "dask-tls.crt"
-#: The cluster's worker credential as transferred into the sandbox of workers at outbound-only sites.
-WORKER_CREDENTIAL_FILE = "cmsaf-worker.credential"
 TLS_KEY_FILE = "dask-tls.key"
+#: The cluster's worker credential as transferred into the sandbox of its jobs (scheduler, workers):
+#: outbound-only workers register with it, the others present it to reach those (``hubrev://``).
+WORKER_CREDENTIAL_FILE = "cmsaf-worker.credential"
 #: The scheduler job's preload (cmsaf_hub/service/backends/condor_scheduler_preload.py), transferred as is.
 SCHEDULER_PRELOAD_FILE = "cmsaf_scheduler_preload.py"
 
@@ -349,16 +350,25 @@ def worker_description(
     bearer: str | None,
     tls: bool,
     env: Mapping[str, str] | None = None,
+    worker_credential: bool = False,
 ) -> dict[str, str]:
     """The submit description of a cluster's workers (queued ``count`` times in one call).
 
-    Workers at an outbound-only site get the worker credential instead of the cluster's TLS key.
+    ``worker_credential``: the cluster has one, transferred as a sandbox file. Workers at an
+    outbound-only site need it (it registers them with the broker) and get it instead of the
+    cluster's TLS key; workers in the pool get it besides their TLS files, to reach brokered
+    (``hubrev://``) workers.
     """
     files = [token_file_name(n) for n in token_names]
     if shape.hub_comm_url:
+        if not worker_credential:
+            raise JobShapeError("a worker at an outbound-only site needs the cluster's worker credential")
         files.append(WORKER_CREDENTIAL_FILE)
-    elif tls:
-        files += [TLS_CERT_FILE, TLS_KEY_FILE]
+    else:
+        if tls:
+            files += [TLS_CERT_FILE, TLS_KEY_FILE]
+        if worker_credential:
+            files.append(WORKER_CREDENTIAL_FILE)
     return _base_description(
         shape,
         cluster_id=cluster_id,
@@ -383,9 +393,15 @@ def scheduler_description(
     idle_timeout: int,
     env: Mapping[str, str] | None = None,
     dashboard_prefix: str = "",
+    worker_credential: bool = False,
 ) -> dict[str, str]:
-    """The submit description of a scheduler that runs as a job (placement ``htcondor``)."""
+    """The submit description of a scheduler that runs as a job (placement ``htcondor``).
+
+    ``worker_credential``: the cluster's worker credential goes into the sandbox as a file, so the
+    scheduler can reach brokered (``hubrev://``) workers."""
     files = [token_file_name(n) for n in token_names] + ([TLS_CERT_FILE, TLS_KEY_FILE] if tls else [])
+    if worker_credential:
+        files.append(WORKER_CREDENTIAL_FILE)
     files.append(SCHEDULER_PRELOAD_FILE)
     desc = _base_description(
         shape,

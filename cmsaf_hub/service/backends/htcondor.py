@@ -21,6 +21,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 from traitlets import Callable as CallableTrait
 
+from ...comm import CREDENTIAL_ENV
 from . import condor_scheduler_preload
 from .base import Backend, BackendError, ClusterObservation, ClusterSpec, SchedulerInfo, SubmittedWorker
 from .condor_jobs import (
@@ -234,14 +235,24 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             self.log.debug("Cluster %s: not in job environments (job_env_allowlist): %s", cluster.id, ", ".join(dropped))
         return kept
 
+    @staticmethod
+    def _worker_credential(cluster: ClusterSpec) -> str | None:
+        """The cluster's worker credential: the service puts it in the cluster environment, which
+        jobs never get (``job_environment`` drops it), so it reaches them as a sandbox file only."""
+        return cluster.env.get(CREDENTIAL_ENV) or None
+
     def _files(self, cluster: ClusterSpec, descriptions: list[dict[str, str]],
                extra_files: dict[str, str] | None = None) -> dict[str, str]:
-        files = {**sandbox_files(cluster.tokens, cluster.tls), **(extra_files or {})}
+        """The sandbox files the descriptions transfer (an outbound-only worker's batch gets no TLS
+        key); refuses descriptions that carry any of the cluster's secrets as a value."""
+        available = {**sandbox_files(cluster.tokens, cluster.tls, worker_credential=self._worker_credential(cluster)),
+                     **(extra_files or {})}
         for description in descriptions:
-            leak = find_secret(description, list(files.values()))
+            leak = find_secret(description, list(available.values()))
             if leak is not None:  # a guard, not a feature: builders never put secrets in descriptions
                 raise BackendError(f"refusing to submit: submit command {leak!r} would carry a secret")
-        return files
+        listed = {name for d in descriptions for name in d.get("transfer_input_files", "").split(",") if name}
+        return {name: content for name, content in available.items() if name in listed}
 
     async def _submit(self, cluster: ClusterSpec, description: dict[str, str], count: int, schedd: str | None,
                       extra_files: dict[str, str] | None = None) -> list[str]:
@@ -271,6 +282,7 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             cluster_id=cluster.id, owner=cluster.owner, token_names=sorted(cluster.tokens),
             bearer=bearer_token_name(cluster.tokens, self.bearer_token_names), tls=bool(cluster.tls),
             idle_timeout=self.scheduler_idle_timeout, env=self._job_env(cluster), dashboard_prefix=cluster.dashboard_prefix,
+            worker_credential=self._worker_credential(cluster) is not None,
         )
         [job] = await self._submit(cluster, desc, 1, schedd, {SCHEDULER_PRELOAD_FILE: PRELOAD_SOURCE})
         self.log.info("Cluster %s: scheduler job %s submitted as %s", cluster.id, job, cluster.owner)
@@ -320,7 +332,7 @@ class HTCondorBackend(CondorJobShapeConfig, Backend):
             self.job_shape(cluster), cluster_id=cluster.id, owner=cluster.owner,
             scheduler_address=state["scheduler_address"], token_names=sorted(cluster.tokens),
             bearer=bearer_token_name(cluster.tokens, self.bearer_token_names), tls=bool(cluster.tls),
-            env=self._job_env(cluster),
+            env=self._job_env(cluster), worker_credential=self._worker_credential(cluster) is not None,
         )
         inputs = inputs_description(desc)
         files = self._files(cluster, [desc, inputs])
