@@ -22,6 +22,8 @@ class ProviderEndpoints:
     token_endpoint: str
     jwks_uri: str
     userinfo_endpoint: str = ""
+    #: RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0); empty if not announced
+    end_session_endpoint: str = ""
     supports_token_exchange: bool = False
 
 
@@ -55,5 +57,6 @@ def parse_discovery(document: Any, issuer: str) -> ProviderEndpoints:
         token_endpoint=document["token_endpoint"],
         jwks_uri=document["jwks_uri"],
         userinfo_endpoint=document.get("userinfo_endpoint") or "",
+        end_session_endpoint=document.get("end_session_endpoint") or "",
         supports_token_exchange=TOKEN_EXCHANGE_GRANT in grants,
     )

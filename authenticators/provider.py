@@ -17,11 +17,12 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode, default
 
 from . import metrics
 from .discovery import DiscoveryFailed, ProviderEndpoints, discovery_url, parse_discovery
 from .jwks import JWKSCache, TokenRejected, TokenVerifier
+from .logout import IAMCallbackHandler, IAMLogoutHandler, end_session_url, login_url_beside
 from .refresh import RetryableError, SingleFlight, with_backoff
 
 
@@ -53,6 +54,8 @@ class DiscoveredOAuthenticator(GenericOAuthenticator):
     """Endpoints from ``<issuer>/.well-known/openid-configuration``; tokens verified against its JWKS."""
 
     login_handler = IAMLoginHandler
+    callback_handler = IAMCallbackHandler
+    logout_handler = IAMLogoutHandler
 
     issuer = Unicode(
         config=True,
@@ -74,6 +77,22 @@ class DiscoveredOAuthenticator(GenericOAuthenticator):
         config=True,
         help="""Minimum seconds between JWKS refetches caused by an unknown ``kid`` (key rotation).
         Bounds the load forged tokens can put on IAM.""",
+    )
+
+    end_iam_session_on_logout = Bool(
+        True,
+        config=True,
+        help="""Hub logout also signs the user out of IAM (OpenID Connect RP-initiated logout at the
+        ``end_session_endpoint`` IAM's discovery document announces), so the next login asks which
+        account to use. Off: only the hub's session ends, and the next login is silently the same
+        IAM account. Ignored when ``logout_redirect_url`` is set. The refusal (403) page always offers
+        the sign-out, so a user who picked the wrong account can switch.""",
+    )
+    post_logout_redirect_url = Unicode(
+        config=True,
+        help="""Where IAM sends the browser after signing out (``post_logout_redirect_uri``); IAM
+        honours only URLs registered for the hub's client, so register this one. Default: the hub's
+        login page beside ``oauth_callback_url`` (``https://hub.example/hub/login``).""",
     )
 
     @default("basic_auth")
@@ -143,6 +162,13 @@ class DiscoveredOAuthenticator(GenericOAuthenticator):
         self._verifier = TokenVerifier(issuer=endpoints.issuer, jwks=jwks, leeway=self.jwt_leeway)
         self._endpoints = endpoints
         self.log.info("IAM endpoints discovered from %s", url)
+
+    def iam_sign_out_url(self, handler: web.RequestHandler) -> str | None:
+        """IAM's sign-out URL returning to the hub, or None if IAM announces no ``end_session_endpoint``."""
+        if self._endpoints is None or not self._endpoints.end_session_endpoint:
+            return None
+        back = self.post_logout_redirect_url or login_url_beside(self.get_callback_url(handler))
+        return end_session_url(self._endpoints.end_session_endpoint, self.client_id, back)
 
     async def _fetch(self, url: str, label: str, **kwargs: Any):
         """One request through oauthenticator's ``httpfetch``; network errors and 5xx are retryable."""

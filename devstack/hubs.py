@@ -116,6 +116,7 @@ async def launch_hub(base: Path, *, extra_config: str = "", env: dict[str, str] 
     clients = [*options.pop("clients", []), {
         "client_id": HUB_CLIENT_ID, "client_secret": secret,
         "redirect_uris": [f"{process.url}hub/oauth_callback"], "grant_types": HUB_GRANT_TYPES,
+        "post_logout_redirect_uris": [f"{process.url}hub/login"],
     }]
     iam = DevIAM(base / "iam", clients=clients, **options)
     await iam.start()

@@ -129,7 +129,8 @@ class DevIAM:
 
     def add_client(self, **client: Any) -> None:
         """Register a client (``client_id``, ``client_secret``, ``redirect_uris``, ``grant_types``,
-        ``scope``, optional ``default_audience``); takes effect at the next start."""
+        ``scope``, optional ``default_audience`` and ``post_logout_redirect_uris``); takes effect at
+        the next start."""
         if self._process is not None:
             raise DevIAMError("add_client() must be called before start()")
         client_id = client.get("client_id")

@@ -135,7 +135,8 @@ async def run(args: argparse.Namespace) -> None:
         access_token_lifetime=args.token_lifetime,
         clients=[
             {"client_id": HUB_CLIENT_ID, "client_secret": client_secret,
-             "redirect_uris": [f"{hub.url}hub/oauth_callback"], "grant_types": HUB_GRANT_TYPES},
+             "redirect_uris": [f"{hub.url}hub/oauth_callback"], "grant_types": HUB_GRANT_TYPES,
+             "post_logout_redirect_uris": [f"{hub.url}hub/login"]},
             *([] if data_reason else [dict(XCACHE_CLIENT)]),
         ],
     )

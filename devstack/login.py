@@ -50,14 +50,15 @@ class HubSession(httpx.AsyncClient):
 
 
 async def login_via_iam(hub, username: str, password: str, *, ca_cert: Path | None = None,
-                        next_url: str = "") -> HubSession:
+                        next_url: str = "", session: HubSession | None = None) -> HubSession:
     """Return a client logged into ``hub`` as ``username`` through the real IdP's login form.
 
     The client follows redirects like a browser. When the hub refuses the user, the refusal page is in
     ``session.login_response`` (check its status); a form that never leaves the IdP raises LoginError.
+    ``session``: the browser to use (its cookies), e.g. one that just signed out; default a new one.
     """
     ca = ca_cert or Path(hub.process.iam.ca_cert)
-    session = HubSession(verify=trusting(ca), follow_redirects=True, timeout=30)
+    session = session or HubSession(verify=trusting(ca), follow_redirects=True, timeout=30)
     start = await session.get(f"{hub.url}hub/oauth_login", params={"next": next_url} if next_url else None)
     start.raise_for_status()
     form = FormParser()
@@ -72,3 +73,12 @@ async def login_via_iam(hub, username: str, password: str, *, ca_cert: Path | No
         raise LoginError(f"the IdP did not accept {username}'s credentials")
     session.login_response = done
     return session
+
+
+async def confirm_iam_sign_out(session: httpx.AsyncClient, page: httpx.Response) -> httpx.Response:
+    """Press "Sign out" on the IdP's sign-out confirmation ``page``; the page the browser ends on."""
+    form = FormParser()
+    form.feed(page.text)
+    if form.action is None or "logout" not in page.text:
+        raise LoginError(f"no sign-out form at {page.url}: {page.text[:300]!r}")
+    return await session.post(urljoin(str(page.url), form.action), data={**form.fields, "logout": "yes"})

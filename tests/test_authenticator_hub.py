@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import socket
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
 import pytest
 
 from devstack.hub import HubError
-from devstack.login import login_via_iam, trusting
+from devstack.login import FormParser, confirm_iam_sign_out, login_via_iam, trusting
 
 EXCHANGES = {
     "condor": {"audience": "https://wlcg.cern.ch/jwt/v1/any",
@@ -77,6 +79,63 @@ async def metric(hub, name: str, labels: str) -> float:
         text = (await http.get(f"{hub.url}hub/metrics")).text
     match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def error_block(page: httpx.Response) -> str:
+    """The text of JupyterHub's error box on ``page`` (tags removed, entities decoded)."""
+    box = re.search(r'<div class="error">(.*?)</div>', page.text, re.S)
+    assert box, page.text[:500]
+    return html.unescape(re.sub(r"<[^>]+>", " ", box.group(1)))
+
+
+async def test_a_refused_account_can_switch_and_hub_logout_ends_the_iam_session(hub_factory):
+    hub = await hub_factory(extra_config=iam_config(EXCHANGES))
+    iam = hub.iam
+    browser = await login_via_iam(hub, "eve", "eve-password", next_url="/hub/home")
+    try:
+        # the refusal: its reason once (not as the heading too), and a way out of eve's IAM session
+        refused = browser.login_response
+        assert refused.status_code == 403
+        text = error_block(refused)
+        assert "403 : Forbidden" in text and text.count("not a member of /cms") == 1, text
+        [switch] = re.findall(r'<a href="([^"]+)">Sign out of IAM and sign in with another account</a>', refused.text)
+        switch = html.unescape(switch)
+        assert switch.startswith(f"{iam.issuer}logout?")
+        assert parse_qs(urlsplit(switch).query) == {
+            "client_id": [hub.process.iam.client_id], "post_logout_redirect_uri": [f"{hub.url}hub/login"]}
+        # IAM asks to confirm, signs eve out and sends the browser back to the hub's login page
+        confirm = await browser.get(switch)
+        assert confirm.status_code == 200 and str(confirm.url).startswith(iam.issuer)
+        back = await confirm_iam_sign_out(browser, confirm)
+        assert back.status_code == 200 and str(back.url) == f"{hub.url}hub/login"
+        # the same browser now signs in as alice: IAM shows its form again (login_via_iam checks)
+        switched = await login_via_iam(hub, "alice", "alice-password", next_url="/hub/home", session=browser)
+        assert switched.login_response.status_code == 200 and str(switched.login_response.url) == f"{hub.url}hub/home"
+
+        # hub logout ends alice's IAM session too: the next login asks for credentials again
+        out = await browser.get(f"{hub.url}hub/logout")
+        assert str(out.url).startswith(f"{iam.issuer}logout")
+        back = await confirm_iam_sign_out(browser, out)
+        assert str(back.url) == f"{hub.url}hub/login"
+        again = await browser.get(f"{hub.url}hub/oauth_login")
+        form = FormParser()
+        form.feed(again.text)
+        assert str(again.url).startswith(iam.issuer) and "password" in form.fields, again.text[:300]
+    finally:
+        await browser.aclose()
+
+
+async def test_without_iam_sign_out_hub_logout_keeps_the_iam_session(hub_factory):
+    """The control: with ``end_iam_session_on_logout = False`` the next login is silently the same account."""
+    hub = await hub_factory(extra_config=iam_config(EXCHANGES, end_iam_session_on_logout=False))
+    browser = await login_via_iam(hub, "alice", "alice-password", next_url="/hub/home")
+    try:
+        out = await browser.get(f"{hub.url}hub/logout")
+        assert str(out.url).startswith(hub.url), out.url
+        again = await browser.get(f"{hub.url}hub/oauth_login", params={"next": "/hub/home"})
+        assert again.status_code == 200 and str(again.url) == f"{hub.url}hub/home"
+    finally:
+        await browser.aclose()
 
 
 @pytest.mark.slow

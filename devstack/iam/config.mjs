@@ -47,6 +47,8 @@ function checkClient(client, index) {
     client_id: client.client_id,
     client_secret: client.client_secret,
     redirect_uris: redirectUris,
+    // where RP-initiated logout (end_session) may send the browser back to
+    post_logout_redirect_uris: client.post_logout_redirect_uris ?? [],
     grant_types: grants,
     response_types: grants.includes('authorization_code') ? ['code'] : [],
     scope: registered.join(' '),
