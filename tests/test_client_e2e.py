@@ -87,6 +87,16 @@ async def test_create_compute_scale_reconnect_from_a_new_process_close(hub_facto
         await cluster.close()  # shutdown_on_close: created here
         assert (await hub.get_cluster(cid)).status in ("stopping", "stopped")
 
+        # a handle from from_id: close() only disconnects, shutdown() stops the cluster (as dask-gateway's)
+        other = await HubCluster(hub=hub, asynchronous=True, workers=0, cores=1, memory=1.0)
+        reconnected = await HubCluster.from_id(other.cluster_id, hub=hub, asynchronous=True)
+        await reconnected.close()
+        assert (await hub.get_cluster(other.cluster_id)).status == "running"
+        reconnected = await HubCluster.from_id(other.cluster_id, hub=hub, asynchronous=True)
+        await reconnected.shutdown()
+        assert (await hub.get_cluster(other.cluster_id)).status in ("stopping", "stopped")
+        await other.close()  # the first handle of a cluster already stopping closes quietly
+
 
 async def test_cli_round_trip_and_the_sidebar_manager(hub_factory, tmp_path):
     sh = await start_service_hub(hub_factory, tmp_path)
