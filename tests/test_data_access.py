@@ -23,7 +23,7 @@ from cmsaf_hub.service.backends.base import ClusterSpec
 from cmsaf_hub.service.backends.local import LocalBackend
 from cmsaf_hub.service.cluster_tokens import ClusterTokenKeeper
 from cmsaf_hub.service.crypto import generate_cluster_tls
-from cmsaf_hub.data import StorageTokenError, read_bytes
+from cmsaf_hub.data import StorageAccessError, StorageTokenError, read_bytes
 from cmsaf_hub.service.probe import client_security
 from devstack.xrootd import missing_prerequisites
 from devstack.datasite import start_data_site
@@ -204,3 +204,36 @@ async def test_fsspec_and_uproot_read_the_facilitys_roots_urls_with_their_defaul
     assert first.decode().split() == ["roots", "SecureXRootDFileSystem", "roots"]
     assert rest.startswith(site.files[OTHER_FILE])
     assert rest[len(site.files[OTHER_FILE]):].strip() == b"['events;1']"
+
+
+async def test_read_bytes_reads_to_the_end_and_fails_loudly_on_a_file_cut_short_on_the_origin(site, monkeypatch):
+    """Against the real origin: many partial reads make up the whole file; a file the origin cuts
+    while it is read (truncated after the first read: the server then answers short, then nothing)
+    raises with where it ended instead of returning a prefix."""
+    from XRootD import client
+
+    token = await user_token(site.iam, site.client, "alice", scope="storage.read:/store/user/alice")
+    for name, value in site.env(site.token_file("alice-short-read", token), cache=False).items():
+        monkeypatch.setenv(name, value)
+    path, payload = "/store/user/alice/short-read.bin", os.urandom(1_000_003)
+    stored = site.stack.store_path(path)
+    stored.write_bytes(payload)
+    real_read, answered = client.File.read, []
+
+    def read(self, *args, **kwargs):
+        status, data = real_read(self, *args, **kwargs)
+        answered.append(len(data or b""))
+        if cut_at is not None and len(answered) == 1:
+            os.truncate(stored, cut_at)
+        return status, data
+
+    monkeypatch.setattr(client.File, "read", read)
+    cut_at = None
+    assert await asyncio.to_thread(read_bytes, path, chunk_size=65536) == payload
+    assert answered == [65536] * 15 + [1_000_003 - 15 * 65536]
+
+    answered.clear()
+    cut_at = 100_000
+    with pytest.raises(StorageAccessError, match=r"short read of roots?://\S+: the file ended at byte 100000 of 1000003"):
+        await asyncio.to_thread(read_bytes, path, chunk_size=65536)
+    assert answered == [65536, 100_000 - 65536, 0]  # the origin's own short answer, then its end
