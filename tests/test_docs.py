@@ -1,5 +1,7 @@
-"""The user docs do what they say: every fenced code block a user would type in README.md and the user
-docs runs in the real demo, in alice's session, or is marked in the doc, visibly, as not run here and why.
+"""The docs do what they say: every fenced code block a user would type in README.md and the user
+docs runs in the real demo, in alice's session, or is marked in the doc, visibly, as not run here and why;
+every typed block of the admin and developer docs is configuration whose classes and traits are real
+(and whose values those traits accept), or is marked.
 
 A "typed" block is one in a shell or Python language (``sh``, ``bash``, ``console``, ``python``);
 diagrams, JSON models and submit-file excerpts are not. A block is marked by an italic line right
@@ -14,6 +16,7 @@ The docs speak of the facility (``/store/user/alice/ntuple.root``, ``xrootd.exam
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 from dataclasses import dataclass
@@ -28,7 +31,10 @@ from devstack.xrootd import missing_prerequisites
 
 REPO = Path(__file__).resolve().parent.parent
 #: The docs a user reads and types from (admin and developer docs configure the facility).
-USER_DOCS = ["README.md", "docs/user-guide.md", "docs/data-access.md", "docs/client.md", "docs/web-ui.md"]
+USER_DOCS = ["README.md", "docs/user-guide.md", "docs/data-access.md", "docs/client.md", "docs/web-ui.md",
+             "docs/dask-gateway.md"]
+#: The admin and developer docs: what they have one type is configuration (``c.<Class>.<trait> = ...``).
+CONFIG_DOCS = sorted({str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")} - set(USER_DOCS))
 TYPED = {"sh", "bash", "console", "shell", "python", "py"}
 SHELL = {"sh", "bash", "console", "shell"}
 MARKER = re.compile(r"^\*(Production only|Not run by the doc test): (?P<reason>\S.{10,})\*$")
@@ -92,6 +98,63 @@ def test_every_typed_block_is_run_or_marked_with_a_reason():
             continue
         unknown = set(re.findall(r"<[a-z][a-z ]*>", block.code)) - placeholders
         assert not unknown, f"{block}: placeholders {unknown} have no demo value in SUBSTITUTIONS"
+
+
+def configurable_classes() -> dict:
+    """Every class a facility's jupyterhub_config.py or service config file may configure, by name."""
+    from jupyterhub.app import JupyterHub
+
+    from authenticators import IAMAuthenticator
+    from cmsaf_hub.service.app import CmsafService
+    from cmsaf_hub.service.backends.htcondor import HTCondorBackend
+    from cmsaf_hub.service.backends.local import LocalBackend
+    from spawners import IAMKubeSpawner, IAMLocalSpawner
+
+    classes = (JupyterHub, IAMAuthenticator, IAMLocalSpawner, IAMKubeSpawner, CmsafService, HTCondorBackend,
+               LocalBackend, *CmsafService.classes)
+    return {cls.__name__: cls for cls in classes}
+
+
+def test_admin_docs_configuration_names_real_traits_with_values_they_accept(monkeypatch):
+    """Each unmarked typed block of the admin docs runs as configuration (``c`` a traitlets Config),
+    and every ``c.<Class>.<trait>`` it sets is a configurable trait of that class that accepts the value
+    (entry-point names such as ``"cmsaf-iam"`` are loaded). A doc naming a trait that does not exist,
+    or a value of the wrong type, fails here."""
+    from cryptography.fernet import Fernet
+    from traitlets import HasTraits, TraitError
+    from traitlets.config import Config, LazyConfigValue
+
+    monkeypatch.setenv("CMSAF_SERVICE_CRYPT_KEY", Fernet.generate_key().decode())  # the docs' own variable
+    known, holder = configurable_classes(), HasTraits()  # the holder: a trait validates on some object
+    blocks = [b for doc in CONFIG_DOCS for b in to_run(doc)]
+    assert len(blocks) >= 8, blocks
+    wrong = []
+    for block in blocks:
+        if block.language not in ("python", "py"):
+            wrong.append(f"{block}: a shell block in an admin doc is either marked or belongs in a user doc")
+            continue
+        c = Config()
+        exec(compile(block.code, str(block), "exec"), {"c": c, "os": os})
+        if not c:
+            wrong.append(f"{block}: configures nothing (a fragment? mark it)")
+        for section, traits in c.items():
+            if section not in known:
+                wrong.append(f"{block}: no configurable class {section}")
+                continue
+            for name, value in traits.items():
+                if name not in known[section].class_trait_names(config=True):
+                    wrong.append(f"{block}: {section}.{name} is not a configurable trait")
+                    continue
+                if value is Ellipsis or isinstance(value, list) and Ellipsis in value:
+                    continue  # "[..., new entry]": the doc shows an addition to the default
+                trait = known[section].class_traits()[name]
+                if isinstance(value, LazyConfigValue):  # c.X.y.append(...) and the like, on the default
+                    value = value.get_value(trait.default())
+                try:
+                    trait.validate(holder, value)
+                except (TraitError, ValueError, TypeError) as e:
+                    wrong.append(f"{block}: {section}.{name} = {value!r} is refused: {e}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_markers_are_recognised_only_when_they_give_a_reason():
