@@ -314,6 +314,11 @@ async def test_eve_outside_cms_sees_the_refusal_page(journey, open_browser, shot
     await iam_login(page, hub.url, hub.iam.issuer, "eve", shots)
     await expect(page.locator("body")).to_contain_text("not a member of /cms")
     await shots(page, "refused")
+    # the way out of the wrong account: IAM's sign-out, then back to the hub's login page
+    await page.get_by_role("link", name="Sign out of IAM and sign in with another account").click()
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(f"{hub.url}hub/login")
+    await shots(page, "signed-out-of-iam")
     async with httpx.AsyncClient(base_url=hub.api_url, headers={"Authorization": f"token {hub.admin_token}"}) as api:
         assert (await api.get("/users/eve")).status_code == 404  # never became a hub user
 
