@@ -277,6 +277,38 @@ async def test_bob_cannot_open_alices_dashboard(journey, open_browser, shots):
             await alice.delete(f"clusters/{cluster['id']}")
 
 
+async def test_a_held_worker_shows_with_its_reason_on_the_cluster_page(journey, open_browser, shots):
+    """The page draws what the model says of held workers. The local backend never holds one, so the
+    browser's copy of alice's real cluster model is given one held worker with the reason the real
+    HTCondor pool gave (tests/integration/test_htcondor_pool.py proves the model carries it)."""
+    hub = journey.hub
+    reason = "removed after being held longer than 1 s: integration test hold (by user alice)"
+    async with journey.client(await hub.create_user("alice")) as alice:
+        created = await alice.post("clusters", json={"options": {"workers": 0}})
+        assert created.status_code == 201, created.text
+        cluster = await journey.wait_status(alice, created.json()["id"], "running")
+        try:
+            page = await open_browser()
+            await iam_login(page, hub.url, hub.iam.issuer, "alice", shots)
+
+            async def with_a_held_worker(route):
+                response = await route.fetch()
+                model = await response.json()
+                assert model["workers"]["held_reasons"] == []  # the real model, before the change
+                model["workers"].update(requested=1, held=1, held_reasons=[reason])
+                await route.fulfill(response=response, json=model)
+
+            await page.route(re.compile(re.escape(f"{hub.url}{PREFIX}api/v1/clusters/{cluster['id']}") + r"(\?.*)?$"),
+                             with_a_held_worker)
+            await page.goto(f"{hub.url}{PREFIX}clusters/{cluster['id']}")
+            workers = page.locator("#cluster-workers")
+            await expect(workers).to_contain_text("0 / 1 running · 0 queued · 1 held")
+            await expect(workers.locator("ul.cmsaf-held li")).to_have_text(f"held: {reason}")
+            await shots(page, "held-worker")
+        finally:
+            await alice.delete(f"clusters/{cluster['id']}")
+
+
 async def test_an_admin_filters_every_users_clusters_and_stops_one(journey, open_browser, shots):
     hub = journey.hub
     async with journey.client(await hub.create_user("bob")) as bob:
