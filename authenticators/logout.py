@@ -27,7 +27,10 @@ def login_url_beside(callback_url: str) -> str:
 
 
 def refusal_html(message: str, switch_url: str | None, issuer: str) -> str:
-    """The 403 page's text: the refusal once, then how to sign in with another account."""
+    """The 403 page's text: the refusal once, then how to sign in with another account.
+
+    Two paragraphs: JupyterHub's error.html puts ``message_html`` inside one ``<p>``.
+    """
     if switch_url:
         how = f'<a href="{html.escape(switch_url)}">Sign out of IAM and sign in with another account</a>.'
     else:  # this IAM announces no end_session_endpoint

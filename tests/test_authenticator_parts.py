@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from authenticators.discovery import DiscoveryFailed, parse_discovery
+from authenticators.logout import end_session_url, login_url_beside, refusal_html
 from authenticators.exchange import (
     ExchangeFailed,
     ExchangeSpec,
@@ -248,7 +249,22 @@ def test_discovery_document_parsing():
            "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"]}
     endpoints = parse_discovery(doc, "https://iam.example")
     assert endpoints.token_endpoint == "https://iam.example/token" and endpoints.supports_token_exchange
+    assert endpoints.end_session_endpoint == ""  # not announced: the refusal page says how instead
+    assert parse_discovery({**doc, "end_session_endpoint": "https://iam.example/logout"},
+                           "https://iam.example/").end_session_endpoint == "https://iam.example/logout"
     with pytest.raises(DiscoveryFailed, match="lacks jwks_uri"):
         parse_discovery({**doc, "jwks_uri": ""}, "https://iam.example/")
     with pytest.raises(DiscoveryFailed, match="not a JSON object"):
         parse_discovery(["x"], "https://iam.example/")
+
+
+def test_sign_out_url_and_the_refusal_text():
+    assert login_url_beside("https://hub.example/hub/oauth_callback") == "https://hub.example/hub/login"
+    assert end_session_url("https://iam.example/logout", "hub", "https://hub.example/hub/login") == (
+        "https://iam.example/logout?client_id=hub&post_logout_redirect_uri=https%3A%2F%2Fhub.example%2Fhub%2Flogin")
+    text = refusal_html("<b>not</b> a member", "https://iam.example/logout?a=1&b=2", "https://iam.example/")
+    assert text.startswith("&lt;b&gt;not&lt;/b&gt; a member</p><p>")  # the message is text, never markup
+    assert '<a href="https://iam.example/logout?a=1&amp;b=2">Sign out of IAM' in text
+    # an IAM without end_session_endpoint: say where to sign out instead of linking
+    assert refusal_html("refused", None, "https://iam.example/").endswith(
+        "To use another account, sign out at https://iam.example/ first, then log in again.")
