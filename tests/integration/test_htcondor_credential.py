@@ -23,6 +23,7 @@ from cmsaf_hub.comm import CREDENTIAL_ENV
 from cmsaf_hub.service.backends.base import WorkerPhase
 from cmsaf_hub.service.backends.condor_jobs import WORKER_CREDENTIAL_FILE
 from cmsaf_hub.service.backends.condor_retire import cluster_security
+from cmsaf_hub.service.backends.condor_seam import SERVICE_IDENTITY
 from tests.integration.test_htcondor_pool import PHASE_TIMEOUT, harness, queue, start, track, wait_phase  # noqa: F401
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.slow]
@@ -97,9 +98,17 @@ async def test_an_outbound_only_workers_sandbox_has_the_credential_and_not_the_t
     track(spec, [worker])
     ads = await queue(backend, 'CmsafCluster == "it-outbound"', [])
     assert no_ad_carries(ads, credential)
-    [out] = [ad["Out"] for ad in ads if ad["CmsafRole"] == "worker"]
+    # the batch's inputs job never runs: the worker's stdout comes back into its spool directory
+    [iwd] = [ad["Iwd"] for ad in ads if ad["CmsafRole"] == "inputs"]
+    out = f"{iwd}/worker-{worker.name}.out"
     await wait_phase(backend, spec, WorkerPhase.EXITED)  # the reporter exits 0
     deadline = time.monotonic() + PHASE_TIMEOUT
+    while not (history := await backend.processes.call(SERVICE_IDENTITY, None, "history", backend.schedd_name,
+                                                       f"ClusterId == {worker.name.split('.')[0]}", [], 1)):
+        assert time.monotonic() < deadline, f"job {worker.name} never reached the history"
+        await asyncio.sleep(0.5)
+    assert [ad["Out"] for ad in history] == [out]
+    assert no_ad_carries(history, credential)  # nor the finished job's ad
     while not (os.path.exists(out) and "args=" in (text := open(out).read())):
         assert time.monotonic() < deadline, f"no report from the outbound worker's job in {out}"
         await asyncio.sleep(0.5)
@@ -111,5 +120,5 @@ async def test_an_outbound_only_workers_sandbox_has_the_credential_and_not_the_t
     assert report["environment"] == "unset"
     assert {WORKER_CREDENTIAL_FILE, "condor.token"} <= set(report["sandbox"].split())
     assert not {"dask-tls.key", "dask-tls.crt"} & set(report["sandbox"].split())
-    assert report["args"].startswith(f"-m cmsaf_hub.reverse ws://127.0.0.1:9/services/cmsaf/clusters/it-outbound/comm"
+    assert report["args"].startswith("-m cmsaf_hub.reverse ws://127.0.0.1:9/services/cmsaf/clusters/it-outbound/comm"
                                      f" --name {worker.name} ")
