@@ -11,6 +11,10 @@ service, and the service splices it to the peer's. Both connections are HTTP upg
 hub's proxy; after the ``101`` the bytes are Dask's own ``tcp://`` framing end to end, so the broker
 costs a relay hop, not Dask's websocket framing.
 
+With ``CMSAF_BROKER_URL`` set (the service's ``Broker.public_url``) the worker's address names the
+broker's own listener instead of the hub, and its control channel, its answers and its peers'
+connects all go there: the hub's proxy, which would relay every brokered byte twice, is left out.
+
 Service URLs (below the cluster's ``<prefix>clusters/<id>``):
 
 - ``/broker/<worker id>``: the control channel (worker credential);
@@ -82,6 +86,10 @@ CLOSE_REASON_FILE_ENV = "CMSAF_REVERSE_CLOSE_REASON_FILE"
 #: Set to ``1`` to keep the worker's bootstrap loopback ``tcp://`` listener beside the hub one
 #: (benchmarks compare the two paths to the same worker). It is unauthenticated: never on shared nodes.
 KEEP_LOCAL_LISTENER_ENV = "CMSAF_REVERSE_KEEP_LOCAL_LISTENER"
+#: The broker's own listener as the worker reaches it (the service's ``Broker.public_url``), e.g.
+#: ``https://broker.hub.example:8443``: the worker's control channel and answers go there, not
+#: through the hub's proxy, and its address names it. Unset: everything goes through the hub.
+BROKER_URL_ENV = "CMSAF_BROKER_URL"
 #: The close reason Dask gives when the scheduler connection broke.
 CONNECTION_LOST_REASON = "worker-handle-scheduler-connection-broken"
 
@@ -119,15 +127,26 @@ class HubLocation:
         return f"{scheme}://{self.loc.partition('/')[0]}{path or self.path}"
 
 
-def hub_cluster_address(scheduler_url: str) -> str:
-    """``ws(s)://hub/<prefix>clusters/<id>/comm`` (a worker's scheduler address) -> ``hubrev(s)://hub/<prefix>clusters/<id>``."""
+def hub_cluster_address(scheduler_url: str, broker_url: str = "") -> str:
+    """``ws(s)://hub/<prefix>clusters/<id>/comm`` (a worker's scheduler address) -> ``hubrev(s)://hub/<prefix>clusters/<id>``.
+
+    With ``broker_url`` (``http(s)://host:port`` of the broker's own listener) the same path on that
+    host instead: ``hubrevs://`` for ``https``.
+    """
     u = urlsplit(scheduler_url)
     if u.scheme not in ("ws", "wss") or not u.path.rstrip("/").endswith("/comm"):
         raise ValueError(f"not a cluster's comm URL through the hub: {scheduler_url!r}")
-    scheme = "hubrevs" if u.scheme == "wss" else "hubrev"
-    port = u.port or (443 if u.scheme == "wss" else 80)
+    path = u.path.rstrip("/")[: -len("/comm")]
+    tls = u.scheme == "wss"
+    if broker_url:
+        u = urlsplit(broker_url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"{BROKER_URL_ENV} must be http(s)://host[:port], got {broker_url!r}")
+        tls = u.scheme == "https"
+    scheme = "hubrevs" if tls else "hubrev"
+    port = u.port or (443 if tls else 80)
     host = f"[{u.hostname}]" if ":" in (u.hostname or "") else u.hostname
-    return f"{scheme}://{host}:{port}{u.path.rstrip('/')[: -len('/comm')]}"
+    return f"{scheme}://{host}:{port}{path}"
 
 
 def _authorization(connection_args: dict[str, Any]) -> str:
@@ -386,13 +405,15 @@ async def dask_setup(worker: Any) -> None:
     """Worker preload: present the cluster credential and become reachable through the hub.
 
     Listeners start before preloads run, so the worker first listens on loopback (``--host
-    127.0.0.1``); this adds the hub listener and makes its address the one the worker registers with.
+    127.0.0.1``); this adds the hub listener (at the broker's own listener if ``CMSAF_BROKER_URL``
+    is set) and makes its address the one the worker registers with.
     """
     hub_comm.dask_setup(worker)
     install()
     _track_close_reason(worker)
     bootstrap = list(worker.listeners)
-    await worker.listen(hub_cluster_address(worker.scheduler.address), **worker.security.get_connection_args("worker"))
+    location = hub_cluster_address(worker.scheduler.address, os.environ.get(BROKER_URL_ENV, ""))
+    await worker.listen(location, **worker.security.get_connection_args("worker"))
     address = worker.listeners[-1].contact_address
     worker.contact_address = address
     worker._address = address

@@ -22,6 +22,13 @@ def test_addresses_through_the_hub():
         "hubrev://10.0.0.1:8000/services/cmsaf/clusters/abc")
     with pytest.raises(ValueError):
         hub_cluster_address("tls://10.0.0.5:8786")
+    # the broker's own listener: the cluster's path on that host, TLS as its URL says
+    comm_url = "wss://hub.example/services/cmsaf/clusters/abc/comm"
+    assert hub_cluster_address(comm_url, "https://broker.hub.example:8443") == (
+        "hubrevs://broker.hub.example:8443/services/cmsaf/clusters/abc")
+    assert hub_cluster_address(comm_url, "http://10.0.0.2:9000") == "hubrev://10.0.0.2:9000/services/cmsaf/clusters/abc"
+    with pytest.raises(ValueError, match="CMSAF_BROKER_URL must be http"):
+        hub_cluster_address(comm_url, "broker.hub.example:8443")
     loc = HubLocation.parse("hub.example:443/services/cmsaf/clusters/abc/workers/w1", tls=True)
     assert (loc.host, loc.port, loc.path, loc.url()) == (
         "hub.example", 443, "/services/cmsaf/clusters/abc/workers/w1",

@@ -177,6 +177,10 @@ class CmsafService(Application):
         # HTCondor keeps it out of job ads (names saying CREDENTIAL never enter a job's environment)
         self.reconciler.env_hook = lambda record: {**self.cluster_env, CREDENTIAL_ENV: self.worker_credential(record.id)}
         self.broker = Broker(parent=self)
+        if self.broker.listen and not self.broker.public_url:
+            self.exit_on_error("cmsaf-service: Broker.listen is set but Broker.public_url is not: "
+                               "workers must be told where to reach the broker's listener")
+        self.broker_server: HTTPServer | None = None
         self.reconciler.dashboard_prefix_hook = self.dashboard_prefix
         self.gateway = DaskGateway(parent=self)
         self.gateway_proxy: SNIPassthrough | None = None
@@ -303,6 +307,15 @@ class CmsafService(Application):
             log_function=self._log_request,
         )
 
+    def make_broker_app(self) -> web.Application:
+        """What ``Broker.listen`` serves: the broker's URLs, and 404 for everything else."""
+        return web.Application(
+            broker_handlers(self.service_prefix, self.forwarder_target, self.hub_auth, broker=self.broker),
+            cookie_secret=os.urandom(32),
+            hub_auth=self.hub_auth,
+            log_function=self._log_request,
+        )
+
     def _log_request(self, handler: web.RequestHandler) -> None:
         status = handler.get_status()
         level = self.log.info if status < 400 else self.log.warning
@@ -341,6 +354,11 @@ class CmsafService(Application):
         url = urlparse(self.bind_url)
         self.http_server = HTTPServer(self.make_web_app(), xheaders=True, max_body_size=4 * self.max_request_body)
         self.http_server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        if self.broker.listen:
+            host, _, port = self.broker.listen.rpartition(":")
+            self.broker_server = HTTPServer(self.make_broker_app(), xheaders=True, max_body_size=self.max_request_body)
+            self.broker_server.listen(int(port), host.strip("[]") or "")
+            self.log.info("broker listener on %s, published as %s", self.broker.listen, self.broker.public_url)
         if self.gateway.enabled and self.gateway.proxy_listen:
             host, _, port = self.gateway.proxy_listen.rpartition(":")
             self.gateway_proxy = SNIPassthrough(self.gateway_scheduler_address, log=self.log,
@@ -356,6 +374,8 @@ class CmsafService(Application):
     async def stop_service(self) -> None:
         """Stop serving; clusters keep running (they are re-adopted on the next start)."""
         self.http_server.stop()
+        if self.broker_server is not None:
+            self.broker_server.stop()
         if self.gateway_proxy is not None:
             self.gateway_proxy.stop()
         for task in self._tasks:

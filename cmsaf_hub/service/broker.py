@@ -8,6 +8,11 @@ the broker sends the worker a ticket over its control channel, the worker opens
 ``<cluster>/broker/<worker id>/<ticket>`` outward, and the two connections are answered ``101``
 and spliced. Nothing is buffered beyond one chunk per direction (``Forwarder.chunk_size``).
 
+By default both connections reach the service through the hub's proxy, which then relays every
+brokered byte twice. ``Broker.listen`` gives the broker a listener of its own, serving these URLs
+and nothing else; published to outbound-only sites as ``Broker.public_url``, it takes the proxy out
+of brokered connections (workers are told to use it by ``CMSAF_BROKER_URL``).
+
 Refusals (JSON ``{"error": ...}``): 400 not an upgrade, 401 no credential, 403 wrong credential or
 foreign/unknown cluster (same body), 404 cluster stopped or unknown ticket, 503 worker not
 connected to the broker (``Retry-After``), 504 the worker did not answer within
@@ -28,7 +33,9 @@ from typing import Any
 from tornado import web
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol13
-from traitlets import Float, Integer
+from urllib.parse import urlsplit
+
+from traitlets import Float, Integer, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from .forwarder import ClusterState, Forwarder, Target, credential_matches, owner_or_admin
@@ -146,6 +153,32 @@ class Broker(LoggingConfigurable):
         256, config=True,
         help="Most brokered connects that may wait for one worker's answer at once (more get 503).",
     )
+
+    listen = Unicode(
+        "", config=True,
+        help="""``host:port`` of a listener of the broker's own, beside the service's port. It serves
+        the broker's URLs only (control channels, workers' answers, peers' connects; every other
+        path is 404), so it can be published where the service's API is not. Workers at
+        outbound-only sites then open their connections to it (``public_url``) instead of through
+        the hub's proxy, which otherwise relays every brokered byte twice. Empty: the broker is
+        reached through the hub only.""",
+    )
+    public_url = Unicode(
+        "", config=True,
+        help="""The URL at which workers on outbound-only sites, and the peers that connect to them,
+        reach ``listen``: ``https://broker.hub.example:8443`` where TLS is terminated in front of it
+        (the listener itself speaks plain HTTP), ``http://`` inside a trusted network. The
+        worker-credential API hands it to workers as ``CMSAF_BROKER_URL``. Required with ``listen``.""",
+    )
+
+    @validate("public_url")
+    def _valid_public_url(self, proposal: dict[str, Any]) -> str:
+        url = proposal["value"]
+        if url:
+            u = urlsplit(url)
+            if u.scheme not in ("http", "https") or not u.hostname or u.path.strip("/") or u.query:
+                raise TraitError(f"Broker.public_url must be http(s)://host[:port], got {url!r}")
+        return url
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from jupyterhub.services.auth import HubOAuth
 
 from .backends.base import Backend
+from .broker import Broker
 from .crypto import SecretBox
 from .hubapi import HubAPI
 from .metrics import ServiceMetrics
@@ -40,6 +41,7 @@ class ServiceContext(Protocol):
     limits: Limits
     cluster_options: ClusterOptions
     metrics: ServiceMetrics
+    broker: Broker
 
     def cluster_model(self, record: ClusterRecord) -> dict[str, Any]: ...
 

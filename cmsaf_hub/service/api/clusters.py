@@ -192,4 +192,6 @@ class WorkerCredentialHandler(ClusterHandlerBase):
             "credential": self.service.worker_credential(record.id),
             "environment_variable": CREDENTIAL_ENV,
             "command": hub_worker_command(model["scheduler_address"], python="python"),
+            # where outbound-only workers open their brokered connections (CMSAF_BROKER_URL), if not through the hub
+            "broker_url": self.service.broker.public_url or None,
         })

@@ -149,7 +149,9 @@ def openapi_document(options_schema: dict[str, Any], service_prefix: str) -> dic
                     "type": "object", "required": ["scheduler_address", "credential", "command"],
                     "properties": {"scheduler_address": {"type": "string"}, "credential": {"type": "string"},
                                    "environment_variable": {"type": "string"},
-                                   "command": {"type": "array", "items": {"type": "string"}}}}}}},
+                                   "command": {"type": "array", "items": {"type": "string"}},
+                                   "broker_url": {"type": ["string", "null"], "description":
+                                                  "Set CMSAF_BROKER_URL to it for a worker on an outbound-only site"}}}}}},
                     **_errors(403, 404, 409)},
             },
         },
