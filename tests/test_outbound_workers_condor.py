@@ -68,6 +68,14 @@ def test_a_worker_at_an_outbound_only_site_joins_through_the_hub_with_its_creden
     assert "CMSAF_WORKER_CREDENTIAL" not in direct["arguments"]
 
 
+def test_outbound_only_workers_are_pointed_at_the_brokers_own_listener_and_in_pool_ones_are_not():
+    config = CondorJobShapeConfig(**SITES, broker_url="https://broker.hub.example:8443")
+    outbound = htcondor2.Submit(describe(config, "T2_REMOTE"))
+    assert outbound["environment"] == '"CMSAF_BROKER_URL=https://broker.hub.example:8443"'
+    assert "environment" not in describe(config, "T2_LNL_PD")
+    assert "environment" not in describe(CondorJobShapeConfig(**SITES), "T2_REMOTE")  # unset: through the hub
+
+
 def test_an_outbound_only_worker_without_the_credential_is_refused():
     with pytest.raises(JobShapeError) as e:
         describe(CondorJobShapeConfig(**SITES), "T2_REMOTE", worker_credential=False)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ...reverse import BROKER_URL_ENV
 from .base import BackendError
 
 # Set by a scheduler job itself (through Chirp) once its scheduler listens.
@@ -108,6 +109,8 @@ class JobShape:
     #: The cluster's ``ws(s)://`` comm URL through the hub, for workers at an outbound-only site: they
     #: join through the hub and are reached through the service's broker (docs/outbound-workers.md).
     hub_comm_url: str | None = None
+    #: The broker's own listener (``Broker.public_url``) for those workers; empty: through the hub.
+    broker_url: str = ""
 
 
 def classad_string(value: str) -> str:
@@ -364,6 +367,8 @@ def worker_description(
         if not worker_credential:
             raise JobShapeError("a worker at an outbound-only site needs the cluster's worker credential")
         files.append(WORKER_CREDENTIAL_FILE)
+        if shape.broker_url:
+            env = {**(env or {}), BROKER_URL_ENV: shape.broker_url}
     else:
         if tls:
             files += [TLS_CERT_FILE, TLS_KEY_FILE]

@@ -57,6 +57,14 @@ class CondorJobShapeConfig(LoggingConfigurable):
         https://hub.example/ (wss:// is used for https). Required when ``outbound_sites`` is set.""",
     ).tag(config=True)
 
+    broker_url = Unicode(
+        "",
+        help="""The service's ``Broker.public_url`` as worker nodes at ``outbound_sites`` reach it, e.g.
+        https://broker.hub.example:8443. Their workers then open their brokered connections there
+        (``CMSAF_BROKER_URL`` in the job's environment) instead of through the hub's proxy.
+        Empty: through ``hub_url``.""",
+    ).tag(config=True)
+
     def hub_comm_url(self, cluster: ClusterSpec) -> str:
         """The cluster's scheduler relay through the hub (``wss://hub/<prefix>clusters/<id>/comm``)."""
         if not self.hub_url:
@@ -107,5 +115,6 @@ class CondorJobShapeConfig(LoggingConfigurable):
             nanny=self.worker_nanny,
             extra_directives=dict(self.extra_directives),
             hub_comm_url=self.hub_comm_url(cluster) if site and site in self.outbound_sites else None,
+            broker_url=self.broker_url if site and site in self.outbound_sites else "",
         )
 
