@@ -23,7 +23,8 @@ from distributed.comm import connect
 from distributed.comm.core import FatalCommClosedError
 
 from cmsaf_hub.comm import CREDENTIAL_ENV, hub_connection_args, hub_security
-from cmsaf_hub.reverse import hub_cluster_address, outbound_worker_command
+from cmsaf_hub.reverse import BROKER_URL_ENV, hub_cluster_address, outbound_worker_command
+from devstack.hub import free_port
 from devstack.netns import PortForward, create_site, remove_site, site_exists
 from devstack.service_hubs import start_service_hub
 
@@ -47,6 +48,14 @@ def service_pid(sh) -> int:
             if p.info["cmdline"] and "cmsaf_hub" in p.info["cmdline"] and any(db in a for a in p.info["cmdline"])]
     assert len(pids) == 1, pids
     return pids[0]
+
+
+def hub_proxy(sh) -> psutil.Process:
+    """The hub's configurable-http-proxy (found by its API port on the command line)."""
+    port = str(sh.hub.process.proxy_api_port)
+    [proxy] = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"]
+               and any("configurable-http-proxy" in a for a in p.info["cmdline"]) and port in p.info["cmdline"]]
+    return proxy
 
 
 async def poll(predicate, timeout: float, what: str):
@@ -173,4 +182,71 @@ async def test_an_outbound_only_worker_is_a_full_member_and_survives_a_service_r
                 worker.wait(10)
                 raise AssertionError("the outbound worker's wrapper did not stop on SIGTERM") from None
             assert worker.returncode == 128 + signal.SIGTERM
+        await forward.stop()
+
+
+async def test_with_the_brokers_own_listener_brokered_connections_leave_the_hubs_proxy_out(
+        hub_factory, tmp_path, site):
+    # the broker's listener on the address the site reaches (the veth's host side); the hub only
+    # through the forwarder, as above
+    broker_port = free_port(site.host_ip)
+    broker_url = f"http://{site.host_ip}:{broker_port}"
+    sh = await start_service_hub(hub_factory, tmp_path, config=(
+        "c.LocalBackend.same_user = True\n"
+        f"c.Broker.listen = '{site.host_ip}:{broker_port}'\nc.Broker.public_url = '{broker_url}'\n"))
+    alice = await sh.hub.create_user("alice")
+    bob = await sh.hub.create_user("bob")
+    hub_port = urlsplit(sh.hub.url).port
+    forward = await PortForward(site.host_ip, "127.0.0.1", hub_port).start()
+    proxy = hub_proxy(sh)
+    worker = None
+    try:
+        async with sh.client(alice) as api:
+            cid = (await api.post("clusters", json={"options": {"workers": 1}})).json()["id"]
+            model = await sh.wait_status(api, cid, "running")
+            await sh.wait_workers(api, cid, 1)
+            join = (await api.get(f"clusters/{cid}/worker-credential")).json()
+        assert join["broker_url"] == broker_url
+
+        site_url = model["scheduler_address"].replace(f"127.0.0.1:{hub_port}", f"{site.host_ip}:{forward.port}")
+        log = open(tmp_path / "outbound.log", "wb")
+        cmd = site.command(*outbound_worker_command(site_url, "--name", "outbound-b", "--nthreads", "1",
+                                                    "--no-dashboard", "--death-timeout", "60"))
+        env = {**os.environ, join["environment_variable"]: join["credential"], BROKER_URL_ENV: join["broker_url"]}
+        worker = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        async with Client(model["scheduler_address"], security=hub_security(alice), asynchronous=True,
+                          timeout=30) as client:
+            await client.wait_for_workers(2, timeout=120)
+            [outbound] = brokered_workers(client)
+            # its address names the broker's listener, not the hub
+            assert outbound.startswith(hub_cluster_address(site_url, broker_url) + "/workers/")
+            [facility] = [a for a in client.scheduler_info()["workers"] if a != outbound]
+
+            proxy_bytes = proxy.io_counters()
+            x = client.submit(operator.mul, b"x", 20_000_000, workers=[outbound], pure=False)
+            y = client.submit(operator.mul, b"y", 1_000, workers=[facility], pure=False)
+            assert (await client.gather(x, direct=True))[:1] == b"x"  # the notebook, through the broker
+            z = client.submit(operator.add, x, y, workers=[facility], allow_other_workers=False)
+            # the facility worker fetched x from the outbound one (only the length comes back)
+            assert await client.submit(len, z, workers=[facility]) == 20_001_000
+            moved = proxy.io_counters()
+            # 20 MB went from the outbound worker to the client and to the facility worker: none of
+            # it through the hub's proxy (its socket I/O is counted as read/write chars)
+            assert moved.read_chars - proxy_bytes.read_chars < 5_000_000, (proxy_bytes, moved)
+
+            # the same rules on the broker's listener: bob is refused, and it serves nothing else
+            assert ": 403 Forbidden (You may not use this cluster.)" in await refusal(outbound, bob)
+            async with httpx.AsyncClient(timeout=30) as http:
+                r = await http.get(f"{broker_url}/services/cmsaf/api/v1/clusters",
+                                   headers={"Authorization": f"token {alice}"})
+                assert r.status_code == 404
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(10)
         await forward.stop()
