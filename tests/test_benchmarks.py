@@ -31,7 +31,8 @@ FIGURES = {
                       r"1 workers connected: service \d+\.\d\d +dask-gateway \d+\.\d\d +ratio \d+\.\d\d"],
     "condor_submit": [r"HTCondorBackend", r"dask-jobqueue"],
     "data_read": [r"direct from origin : +\d+\.\d MB/s", r"warm through XCache: +\d+\.\d MB/s +ratio to direct \d+\.\d\dx"],
-    "outbound_workers": [r"brokered/direct: gather \d+\.\d\dx", r"round trip \d+\.\d\dx"],
+    "outbound_workers": [r"broker's listener/direct: gather \d+\.\d\dx", r"through the hub/direct: gather \d+\.\d\dx",
+                         r"round trip \d+\.\d\dx"],
     "relay_overhead": [r"\d+\.\d+ ?ms", r"\d+\.\d\d ?x"],
     "service_scale": [r"GET /clusters, 20 held p50 \d+\.\d ms", r"KiB per cluster; ratio vs target 50 KB: \d+\.\d\d"],
 }
