@@ -79,6 +79,7 @@ echo "scratch=$_CONDOR_SCRATCH_DIR"
 stat -c 'mode=%a owner=%U' "$f"
 echo "sha256=$(sha256sum < "$f" | cut -d' ' -f1)"
 echo "environment=${CMSAF_WORKER_CREDENTIAL:-unset}"
+echo "broker=${CMSAF_BROKER_URL:-unset}"
 echo "sandbox=$(ls "$_CONDOR_SCRATCH_DIR" | tr '\\n' ' ')"
 echo "args=$*"
 """
@@ -88,7 +89,8 @@ async def test_an_outbound_only_workers_sandbox_has_the_credential_and_not_the_t
     reporter = harness.pool.local_dir.parent / "it-outbound-python"
     reporter.write_text(REPORTER)
     reporter.chmod(0o755)
-    backend = await harness.backend(outbound_sites=["T2_TEST"], hub_url="http://127.0.0.1:9/", python=str(reporter))
+    backend = await harness.backend(outbound_sites=["T2_TEST"], hub_url="http://127.0.0.1:9/", python=str(reporter),
+                                    broker_url="http://127.0.0.1:10")
     spec = await harness.cluster("alice", "it-outbound", site="T2_TEST")
     credential = secrets.token_urlsafe(32)
     spec.env[CREDENTIAL_ENV] = credential
@@ -118,6 +120,7 @@ async def test_an_outbound_only_workers_sandbox_has_the_credential_and_not_the_t
     assert report["mode"] == "600 owner=alice"
     assert report["sha256"] == hashlib.sha256(credential.encode()).hexdigest()
     assert report["environment"] == "unset"
+    assert report["broker"] == "http://127.0.0.1:10"  # the broker's own listener, from the job's environment
     assert {WORKER_CREDENTIAL_FILE, "condor.token"} <= set(report["sandbox"].split())
     assert not {"dask-tls.key", "dask-tls.crt"} & set(report["sandbox"].split())
     assert report["args"].startswith("-m cmsaf_hub.reverse ws://127.0.0.1:9/services/cmsaf/clusters/it-outbound/comm"
