@@ -323,11 +323,12 @@ def configurable_classes() -> dict[str, type]:
     from authenticators import IAMAuthenticator
     from cmsaf_hub.service.app import CmsafService
     from cmsaf_hub.service.backends.htcondor import HTCondorBackend
+    from cmsaf_hub.service.broker import Broker
     from cmsaf_hub.service.gateway import DaskGateway
     from spawners import IAMKubeSpawner
 
     return {cls.__name__: cls for cls in (JupyterHub, Authenticator, IAMAuthenticator, IAMKubeSpawner,
-                                          CmsafService, HTCondorBackend, DaskGateway)}
+                                          CmsafService, HTCondorBackend, DaskGateway, Broker)}
 
 
 def unknown_traits(config: dict[str, dict[str, Any]]) -> list[str]:
@@ -420,6 +421,34 @@ def test_service_config_builds_a_working_service_and_backend(tmp_path, monkeypat
     backend = HTCondorBackend(config=config)
     assert backend.condor_config["COLLECTOR_HOST"] == "cmsaf-condor-cm:9618"
     assert backend.default_image == environment["CMSAF_WORKER_IMAGE"]
+
+
+@pytest.mark.parametrize("values_name", ["values", "values+site-example"])
+def test_the_brokers_listener_is_published_where_its_public_url_says(tmp_path, monkeypatch, values_name):
+    """Broker.listen's port is a hub Service port the network policy admits, the broker Ingress
+    routes the cluster URLs of the public URL's host name there, and HTCondor's outbound-only
+    workers are told the same URL."""
+    from urllib.parse import urlsplit
+
+    from cmsaf_hub.service.backends.htcondor import HTCondorBackend
+    from cmsaf_hub.service.broker import Broker
+
+    hub = VALUE_SETS[values_name]["hub"]
+    config = service_config(tmp_path, monkeypatch, values_name)
+    broker = Broker(config=config)
+    public_url = hub["services"]["cmsaf"]["environment"]["CMSAF_BROKER_PUBLIC_URL"]
+    assert broker.public_url == HTCondorBackend(config=config).broker_url == public_url
+    port = int(broker.listen.rpartition(":")[2])
+    assert {"name": "cmsaf-broker", "port": port, "targetPort": port} in hub["service"]["extraPorts"]
+    assert any(port in [p["port"] for p in rule["ports"]] for rule in hub["networkPolicy"]["ingress"])
+    [ingress] = [d for name, d in MANIFESTS if name == "broker-ingress.yaml:Ingress/cmsaf-broker"]
+    [rule] = ingress["spec"]["rules"]
+    [path] = rule["http"]["paths"]
+    assert path["path"] == "/services/cmsaf/clusters/" and path["backend"]["service"] == {
+        "name": "hub", "port": {"number": port}}
+    if values_name == "values":  # the manifest carries the placeholder host, as values.yaml does
+        assert rule["host"] == urlsplit(public_url).hostname
+        assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
 
 
 def test_service_is_registered_where_the_proxy_and_command_find_it():
