@@ -16,7 +16,7 @@ import sys
 
 import httpx
 import pytest
-from distributed import Client, wait
+from distributed import Client
 
 from cmsaf_hub.comm import hub_security
 from devstack.service_hubs import start_service_hub
@@ -90,13 +90,12 @@ async def test_an_outbound_only_worker_joins_the_real_service_cluster_with_the_o
             await client.wait_for_workers(1, timeout=90)
             names = [w["name"] for w in client.scheduler_info()["workers"].values()]
             assert names == ["outbound-1"]
-            # The task reaches the worker and its completion comes back over the worker's own
-            # connection through the hub. (Fetching results needs a connection *to* the worker:
-            # the cluster's TLS-only scheduler cannot make it to a worker without the cluster's
-            # certificate; see docs/proxy.md.)
+            # the command makes a brokered worker: its address means "through the service", and
+            # its result comes back to the notebook (the scheduler fetches it through the broker)
+            [address] = client.scheduler_info()["workers"]
+            assert address.startswith("hubrev://"), address
             future = client.submit(pow, 3, 4, workers=["outbound-1"])
-            await asyncio.wait_for(wait(future), 60)
-            assert future.status == "finished"
+            assert await asyncio.wait_for(future, 60) == 81
         assert join["credential"] not in log.read_text()
         # the credential opens this cluster, a wrong one nothing, and it is no hub token
         assert await sh.comm_answer(cid, join["credential"]) == (101, "")

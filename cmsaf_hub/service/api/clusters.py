@@ -11,7 +11,8 @@ import secrets
 import time
 from typing import Any
 
-from ...comm import CREDENTIAL_ENV, hub_worker_command
+from ...comm import CREDENTIAL_ENV
+from ...reverse import outbound_worker_command
 from ..backends.base import BackendError
 from ..crypto import CryptError, generate_cluster_tls
 from ..models import ClusterRecord, ClusterStatus, ClusterTarget
@@ -174,7 +175,8 @@ class LogsHandler(ClusterHandlerBase):
 
 
 class WorkerCredentialHandler(ClusterHandlerBase):
-    """How to start a worker anywhere that joins this cluster through the hub's public URL.
+    """How to start a worker anywhere that joins this cluster through the hub's public URL, as a
+    brokered worker (``python -m cmsaf_hub.reverse``) that its peers reach through the service.
 
     For the owner only (not even admins: a cluster's credential never reaches another user). The
     credential goes in the worker's environment, never on its command line.
@@ -191,7 +193,8 @@ class WorkerCredentialHandler(ClusterHandlerBase):
             "scheduler_address": model["scheduler_address"],
             "credential": self.service.worker_credential(record.id),
             "environment_variable": CREDENTIAL_ENV,
-            "command": hub_worker_command(model["scheduler_address"], python="python"),
+            # a brokered worker: the scheduler, clients and other workers reach it through the service
+            "command": outbound_worker_command(model["scheduler_address"], python="python"),
             # where outbound-only workers open their brokered connections (CMSAF_BROKER_URL), if not through the hub
             "broker_url": self.service.broker.public_url or None,
         })
