@@ -29,12 +29,11 @@ import os
 import secrets
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from tornado import web
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol13
-from urllib.parse import urlsplit
-
 from traitlets import Float, Integer, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
