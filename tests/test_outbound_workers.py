@@ -143,7 +143,9 @@ async def test_an_outbound_only_worker_is_a_full_member_and_survives_a_service_r
             assert ": 403 Forbidden (You may not use this cluster.)" in await refusal(outbound, bob)
             # another cluster's credential is no credential here (the relay's rule: 401, as for any unknown token)
             assert ": 401 " in await refusal(outbound, other_credential)
-            async with httpx.AsyncClient(timeout=30) as http:
+            # a fresh connection per refused upgrade: the server closes each after its answer, and a
+            # pooled connection reused before its close is seen fails as "Server disconnected"
+            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as http:
                 control = urlsplit(outbound).path.replace("/workers/", "/broker/")
                 upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
