@@ -299,22 +299,17 @@ class CmsafService(Application):
             (api + ".*", misc.NotFoundHandler, kw),
         ]
 
+    def _application(self, handlers: list[Any]) -> web.Application:
+        return web.Application(handlers, cookie_secret=os.urandom(32), hub_auth=self.hub_auth,
+                               log_function=self._log_request)
+
     def make_web_app(self) -> web.Application:
-        return web.Application(
-            self.web_handlers(),
-            cookie_secret=os.urandom(32),
-            hub_auth=self.hub_auth,
-            log_function=self._log_request,
-        )
+        return self._application(self.web_handlers())
 
     def make_broker_app(self) -> web.Application:
         """What ``Broker.listen`` serves: the broker's URLs, and 404 for everything else."""
-        return web.Application(
-            broker_handlers(self.service_prefix, self.forwarder_target, self.hub_auth, broker=self.broker),
-            cookie_secret=os.urandom(32),
-            hub_auth=self.hub_auth,
-            log_function=self._log_request,
-        )
+        return self._application(
+            broker_handlers(self.service_prefix, self.forwarder_target, self.hub_auth, broker=self.broker))
 
     def _log_request(self, handler: web.RequestHandler) -> None:
         status = handler.get_status()
@@ -355,15 +350,13 @@ class CmsafService(Application):
         self.http_server = HTTPServer(self.make_web_app(), xheaders=True, max_body_size=4 * self.max_request_body)
         self.http_server.listen(url.port or 80, url.hostname or "127.0.0.1")
         if self.broker.listen:
-            host, _, port = self.broker.listen.rpartition(":")
             self.broker_server = HTTPServer(self.make_broker_app(), xheaders=True, max_body_size=self.max_request_body)
-            self.broker_server.listen(int(port), host.strip("[]") or "")
+            self.broker_server.listen(*port_and_host(self.broker.listen))
             self.log.info("broker listener on %s, published as %s", self.broker.listen, self.broker.public_url)
         if self.gateway.enabled and self.gateway.proxy_listen:
-            host, _, port = self.gateway.proxy_listen.rpartition(":")
             self.gateway_proxy = SNIPassthrough(self.gateway_scheduler_address, log=self.log,
                                                 handshake_timeout=self.gateway.handshake_timeout)
-            self.gateway_proxy.listen(int(port), host.strip("[]") or "")
+            self.gateway_proxy.listen(*port_and_host(self.gateway.proxy_listen))
             self.log.info("dask-gateway scheduler proxy (TLS passthrough by SNI) on %s", self.gateway.proxy_listen)
         self._tasks.append(asyncio.create_task(self._owner_loop(), name="owner-check"))
         self.log.info(
@@ -402,6 +395,12 @@ class CmsafService(Application):
     def exit_on_error(self, message: str) -> None:
         self.log.critical("%s", message)
         raise SystemExit(1)
+
+
+def port_and_host(listen: str) -> tuple[int, str]:
+    """``host:port`` (``[v6]:port``; an empty host: every interface) -> the ``(port, address)`` servers listen on."""
+    host, _, port = listen.rpartition(":")
+    return int(port), host.strip("[]")
 
 
 def main(argv: list[str] | None = None) -> None:
