@@ -58,6 +58,18 @@ def hub_proxy(sh) -> psutil.Process:
     return proxy
 
 
+def stop_outbound_worker(worker: subprocess.Popen) -> None:
+    """SIGTERM: the wrapper stops its worker, does not restart it, and exits with the signal's status."""
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        raise AssertionError("the outbound worker's wrapper did not stop on SIGTERM") from None
+    assert worker.returncode == 128 + signal.SIGTERM
+
+
 async def poll(predicate, timeout: float, what: str):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -176,14 +188,7 @@ async def test_an_outbound_only_worker_is_a_full_member_and_survives_a_service_r
         assert join["credential"] not in (tmp_path / "outbound.log").read_text()
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)  # the wrapper stops its worker and does not restart it
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(10)
-                raise AssertionError("the outbound worker's wrapper did not stop on SIGTERM") from None
-            assert worker.returncode == 128 + signal.SIGTERM
+            stop_outbound_worker(worker)
         await forward.stop()
 
 
@@ -245,10 +250,5 @@ async def test_with_the_brokers_own_listener_brokered_connections_leave_the_hubs
                 assert r.status_code == 404
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(10)
+            stop_outbound_worker(worker)
         await forward.stop()
