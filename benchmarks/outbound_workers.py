@@ -156,16 +156,15 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
     for path, f in figures.items():
         print(f"  {path.partition(DIRECT)[1] or path:30s} gather {f['gather']:8.1f} MB/s   round trip {f['rtt']:6.2f} ms   "
               f"new connection {f['connect']:6.2f} ms")
-    for brokered, targets in ((OWN_LISTENER, True), (THROUGH_HUB, False)):
+    for brokered, judged in ((OWN_LISTENER, True), (THROUGH_HUB, False)):
         b, d = figures[brokered], figures[brokered + DIRECT]
         gather, rtt = b["gather"] / d["gather"], b["rtt"] / d["rtt"]
-        if targets:
-            print(f"  {brokered}/direct: gather {gather:.2f}x (target >= 0.7: {'met' if gather >= 0.7 else 'MISSED'})   "
-                  f"round trip {rtt:.2f}x (target <= 1.5: {'met' if rtt <= 1.5 else 'MISSED'})   "
-                  f"new connection {b['connect'] / d['connect']:.1f}x")
-        else:
-            print(f"  {brokered}/direct: gather {gather:.2f}x   round trip {rtt:.2f}x   "
-                  f"new connection {b['connect'] / d['connect']:.1f}x")
+
+        def target(text: str, met: bool) -> str:
+            return f" (target {text}: {'met' if met else 'MISSED'})" if judged else ""
+
+        print(f"  {brokered}/direct: gather {gather:.2f}x{target('>= 0.7', gather >= 0.7)}   "
+              f"round trip {rtt:.2f}x{target('<= 1.5', rtt <= 1.5)}   new connection {b['connect'] / d['connect']:.1f}x")
     return 0
 
 
