@@ -5,11 +5,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from typing import Callable
 
 import psutil
 import pytest
 from distributed import Client
 
+from cmsaf_hub.service.backends.local import worker_command
 from cmsaf_hub.service.probe import client_security
 from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 from tests.test_service_api import _record
@@ -25,14 +28,17 @@ def service_pid(sh) -> int:
     return pids[0]
 
 
-async def restart_service(sh) -> None:
-    """Kill the service; the hub starts it again (JupyterHub restarts managed services that exit).
+async def restart_service(sh, while_down: Callable[[], None] = lambda: None) -> None:
+    """Kill the service, call ``while_down``; the hub starts it again (JupyterHub restarts managed
+    services that exit).
 
-    The hub notices within its 30 s poll of managed services.
+    The hub notices within its 30 s poll of managed services; a new service takes over a second to
+    start, which is ``while_down``'s time.
     """
     old = service_pid(sh)
     os.kill(old, signal.SIGKILL)
     psutil.Process(old).wait(30) if psutil.pid_exists(old) else None
+    while_down()
     await sh.wait_ready(timeout=90)
     assert service_pid(sh) != old
 
@@ -47,6 +53,18 @@ def plant_orphan(state_dir) -> subprocess.Popen:
     return proc
 
 
+def plant_stray_worker(cluster_dir, cluster_id: str, address: str) -> subprocess.Popen:
+    """A worker the backend runs for the cluster but the database does not list: what a service
+    killed between starting a worker and recording it leaves. Reaped at once when it exits."""
+    name = f"{cluster_id[:8]}-5tray000"
+    cmd = worker_command(sys.executable, address, name, {}, str(cluster_dir / "run"))
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    (cluster_dir / "pids" / name).write_text(f"{proc.pid} {psutil.Process(proc.pid).create_time()}")
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return proc
+
+
 async def test_restart_readopts_resumes_and_cleans_orphans(service_hub_factory, tmp_path):
     sh = await service_hub_factory()
     token = await sh.hub.create_user("alice")
@@ -57,10 +75,17 @@ async def test_restart_readopts_resumes_and_cleans_orphans(service_hub_factory, 
         record = await _record(sh, cid)
         scheduler_pid = _registry_pids(sh, cid)["scheduler"]
         orphan = plant_orphan(sh.service_dir / "cmsaf-local-clusters")
+        security = client_security(record["cert"], record["key"])
 
-        # an unfinished transition: the target changes, the service dies right after answering
+        # an unfinished transition: the target changes, the service dies right after answering,
+        # leaving a worker it started but did not record (planted while the service is down: a
+        # running service stops such strays at its next poll)
         assert (await alice.post(f"clusters/{cid}/scale", json={"workers": 3})).status_code == 200
-        await restart_service(sh)
+        strays = []
+        await restart_service(sh, lambda: strays.append(
+            plant_stray_worker(sh.service_dir / "cmsaf-local-clusters" / cid, cid, record["address"])))
+        # stopped before the restarted service answers, so before any replacement starts
+        assert strays[0].returncode is not None
 
         after = await sh.wait_workers(alice, cid, 3)
         assert after["status"] == "running" and after["started"] == before["started"]
@@ -68,11 +93,11 @@ async def test_restart_readopts_resumes_and_cleans_orphans(service_hub_factory, 
         assert orphan.wait(30) is not None  # the orphan's process was stopped...
         assert not (sh.service_dir / "cmsaf-local-clusters" / "0rphan").exists()  # ...and its files removed
 
-        async with Client(record["address"], security=client_security(record["cert"], record["key"]),
-                          asynchronous=True, timeout=30) as client:
+        async with Client(record["address"], security=security, asynchronous=True, timeout=30) as client:
             await client.wait_for_workers(3, timeout=60)
             assert await client.submit(sum, range(10)) == 45
-            assert len(client.scheduler_info()["workers"]) == 3  # no stray duplicates
+            names = {w["name"] for w in client.scheduler_info()["workers"].values()}
+            assert len(names) == 3 and f"{cid[:8]}-5tray000" not in names, names  # no stray duplicates
 
         # a worker dies: reported as failed and replaced to meet the target
         victim = next(n for n in _registry_pids(sh, cid) if n != "scheduler")

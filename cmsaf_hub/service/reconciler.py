@@ -104,7 +104,12 @@ class Reconciler(LoggingConfigurable):
         self.queue.put(cluster_id)
 
     async def adopt(self) -> None:
-        """Restart reconciliation: queue every unfinished cluster, remove what only the backend has."""
+        """Restart reconciliation: remove what only the backend has, then queue every unfinished cluster.
+
+        Before anything is queued, one poll folds in what the backend runs and stops the workers the
+        database does not list (submitted just before the service died): otherwise the queued step
+        would start their replacements first, and the cluster would briefly run more than its target.
+        """
         known = set(self.store.clusters)
         try:
             orphans = await self.backend.list_cluster_ids() - known
@@ -117,6 +122,10 @@ class Reconciler(LoggingConfigurable):
                 await self.backend.remove_cluster_resources(cluster_id)
             except BackendError as e:
                 self.log.error("Removing orphan cluster %s failed: %s", cluster_id, e)
+        try:
+            await self.poll_once()
+        except BackendError as e:
+            self.log.error("Cannot poll the backend at start, unlisted workers stay until the next poll: %s", e)
         for record in self.store.clusters.values():
             if record.status.active:
                 self.enqueue(record.id)
