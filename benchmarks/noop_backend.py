@@ -6,7 +6,10 @@ lives only in the service's database, like a real backend's resources would.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+
+from traitlets import Float
 
 from cmsaf_hub.service.backends.base import (
     Backend,
@@ -20,6 +23,10 @@ from cmsaf_hub.service.backends.base import (
 
 
 class NoopBackend(Backend):
+    stop_cluster_seconds = Float(
+        0, help="How long stopping a cluster takes, as removing a real one's jobs does (tests of the meantime)."
+    ).tag(config=True)
+
     async def start_scheduler(self, cluster: ClusterSpec) -> SchedulerInfo:
         return SchedulerInfo(address="tls://192.0.2.1:8786", dashboard_address="http://192.0.2.1:8787",
                              backend_state={"noop": True})
@@ -40,7 +47,7 @@ class NoopBackend(Backend):
         }
 
     async def stop_cluster(self, cluster: ClusterSpec) -> None:
-        return None
+        await asyncio.sleep(self.stop_cluster_seconds)
 
     async def logs(self, cluster: ClusterSpec) -> dict[str, str]:
         return {"scheduler": "noop backend: nothing runs\n"}

@@ -118,6 +118,7 @@ c.Limits.max_workers_per_cluster = 0
 c.Limits.max_cores_per_cluster = 0
 c.Limits.max_memory_per_cluster = 0
 c.Limits.max_memory_per_user = 0
+c.NoopBackend.stop_cluster_seconds = 2
 """
 
 
@@ -194,3 +195,11 @@ async def test_service_quota_boundaries_sequential_and_concurrent(service_hub_fa
         refusals = {r.json()["error"] for r in results if r.status_code == 409}
         assert refusals == {"limit max_cores_per_user is 2 cores; your other active clusters reserve 2 cores; "
                             "this cluster asks for 1 worker × 1 core = 1 core; at most 0 workers fit"}, refusals
+
+        # a cluster asked to stop frees its share at once: stop one of the two and create the next
+        # while the backend still takes its time to remove the first (a user closing and re-creating)
+        kept = [r.json()["id"] for r in results if r.status_code == 201]
+        assert (await alice.delete(f"clusters/{kept[0]}")).json()["status"] == "stopping"
+        r = await alice.post("clusters", json={"options": {"workers": 1, "cores": 1}})
+        assert r.status_code == 201, r.text
+        assert (await alice.get(f"clusters/{kept[0]}")).json()["status"] == "stopping"  # still on its way out

@@ -86,6 +86,12 @@ class ClusterRecord:
     def adaptive(self) -> bool:
         return self.adapt_maximum is not None
 
+    @property
+    def counts_against_limits(self) -> bool:
+        """Active and not asked to stop: a cluster on its way out frees its owner's share at once (as
+        dask-gateway's ``is_active``), so closing one and creating the next is never refused."""
+        return self.status.active and self.target is ClusterTarget.RUNNING
+
     def reserved_usage(self) -> Usage:
         """What the cluster counts against its owner's quota: its highest possible worker count."""
         workers = max(self.worker_target, self.adapt_maximum or 0)

@@ -46,7 +46,9 @@ class Limits(Configurable):
     """Per-user and per-cluster limits. 0 means unlimited."""
 
     max_clusters_per_user = Integer(
-        3, help="Active (not stopped or failed) clusters one user may hold at once; 0 = unlimited."
+        3,
+        help="Clusters one user may hold at once (pending, starting or running; one asked to stop no longer "
+        "counts, for this and every per-user limit); 0 = unlimited.",
     ).tag(config=True)
     max_cores_per_user = Float(
         64, help="Cores one user's active clusters may reserve in total (workers × cores); 0 = unlimited."

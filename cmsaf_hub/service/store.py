@@ -150,6 +150,10 @@ class Store:
     def active_owned_by(self, owner: str) -> list[ClusterRecord]:
         return [c for c in self.clusters.values() if c.owner == owner and c.status.active]
 
+    def limited_owned_by(self, owner: str) -> list[ClusterRecord]:
+        """The owner's clusters that count against their limits."""
+        return [c for c in self.clusters.values() if c.owner == owner and c.counts_against_limits]
+
     # -- change notification -----------------------------------------------------------------------
 
     def notify(self, cluster_id: str) -> None:

@@ -48,7 +48,7 @@ class ClusterHandlerBase(BaseAPIHandler):
 
     def others_usage(self, record: ClusterRecord) -> list[Usage]:
         return [
-            c.reserved_usage() for c in self.service.store.active_owned_by(record.owner) if c.id != record.id
+            c.reserved_usage() for c in self.service.store.limited_owned_by(record.owner) if c.id != record.id
         ]
 
     def require_active(self, record: ClusterRecord) -> None:
@@ -85,7 +85,7 @@ class ClustersHandler(ClusterHandlerBase):
         # -- atomic section: check and reserve without awaiting ---------------------------------
         try:
             check_create(
-                self.service.limits, record.reserved_usage(), [c.reserved_usage() for c in store.active_owned_by(record.owner)]
+                self.service.limits, record.reserved_usage(), [c.reserved_usage() for c in store.limited_owned_by(record.owner)]
             )
         except QuotaExceeded as e:
             self.service.metrics.quota_rejections.inc()
