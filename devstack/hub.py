@@ -266,6 +266,10 @@ class HubProcess:
         await self.stop()
         raise HubError(f"jupyterhub not ready after {self.startup_timeout:.0f}s:\n{tail(self.log_path)}")
 
+    def proxy_pid(self) -> int:
+        """The hub's configurable-http-proxy (the pid file jupyterhub_config.py names)."""
+        return int((self.state_dir / "jupyterhub-proxy.pid").read_text())
+
     async def stop(self, timeout: float = 15.0) -> None:
         """Stop the hub and everything it started (proxy, services, local sessions)."""
         proc, self.proc = self.proc, None

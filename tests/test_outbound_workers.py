@@ -50,14 +50,6 @@ def service_pid(sh) -> int:
     return pids[0]
 
 
-def hub_proxy(sh) -> psutil.Process:
-    """The hub's configurable-http-proxy (found by its API port on the command line)."""
-    port = str(sh.hub.process.proxy_api_port)
-    [proxy] = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"]
-               and any("configurable-http-proxy" in a for a in p.info["cmdline"]) and port in p.info["cmdline"]]
-    return proxy
-
-
 def stop_outbound_worker(worker: subprocess.Popen) -> None:
     """SIGTERM: the wrapper stops its worker, does not restart it, and exits with the signal's status."""
     worker.send_signal(signal.SIGTERM)
@@ -205,7 +197,7 @@ async def test_with_the_brokers_own_listener_brokered_connections_leave_the_hubs
     bob = await sh.hub.create_user("bob")
     hub_port = urlsplit(sh.hub.url).port
     forward = await PortForward(site.host_ip, "127.0.0.1", hub_port).start()
-    proxy = hub_proxy(sh)
+    proxy = psutil.Process(sh.hub.process.proxy_pid())
     worker = None
     try:
         async with sh.client(alice) as api:
