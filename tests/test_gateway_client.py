@@ -74,7 +74,7 @@ async def test_dask_gateway_client_from_outside_and_from_a_session(service_hub_f
         # the scheduler through the SNI passthrough, TLS with the cluster's own certificate
         async with cluster.get_client(set_as_default=False) as client:
             await client.wait_for_workers(1, timeout=120)
-            assert await client.submit(sum, [20, 22]) == 42
+            assert await asyncio.wait_for(client.submit(sum, [20, 22]), 60) == 42
         # the dashboard opens through the hub, for the owner
         assert cluster.dashboard_link == f"{service}/clusters/{name}/dashboard/status"
         async with httpx.AsyncClient(timeout=60) as http:
@@ -117,7 +117,7 @@ async def test_dask_gateway_client_from_outside_and_from_a_session(service_hub_f
         # connect again by name, then stop by name
         again = await gateway.connect(name)
         async with again.get_client(set_as_default=False) as client:
-            assert await client.submit(pow, 2, 10) == 1024
+            assert await asyncio.wait_for(client.submit(pow, 2, 10), 60) == 1024
         await again.close()
         await gateway.stop_cluster(name)
         async with sh.client(alice) as api:
@@ -153,7 +153,7 @@ async def assert_foreign_key_refused(proxy_port: int, name: str, report: dict) -
                      asynchronous=True, timeout=10)
     own = GatewaySecurity(tls_key=report["tls_key"], tls_cert=report["tls_cert"])
     async with Client(address, security=own, asynchronous=True, timeout=30) as client:
-        assert await client.submit(sum, [1, 1]) == 2
+        assert await asyncio.wait_for(client.submit(sum, [1, 1]), 60) == 2
     # the right key but a name with no running cluster behind it: closed before any scheduler
     with pytest.raises(OSError):
         await Client(f"gateway://127.0.0.1:{proxy_port}/0000unknown", security=own, asynchronous=True, timeout=10)

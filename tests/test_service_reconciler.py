@@ -7,7 +7,8 @@ import pytest
 
 from cmsaf_hub.service.backends.local import LocalBackend, exit_reason
 from cmsaf_hub.service.crypto import SecretBox, generate_cluster_tls, new_crypt_key, parse_crypt_keys
-from cmsaf_hub.service.models import ClusterRecord, ClusterStatus
+from cmsaf_hub.service.models import ClusterRecord, ClusterStatus, WorkerStatus
+from cmsaf_hub.service.probe import SchedulerProbe
 from cmsaf_hub.service.reconciler import Reconciler
 from cmsaf_hub.service.store import Store
 from cmsaf_hub.service.workqueue import WorkQueue
@@ -96,6 +97,44 @@ async def test_worker_failures_in_a_row_fail_the_cluster(rig):
     await reloaded.open()
     assert reloaded.get(record.id).status is ClusterStatus.FAILED and reloaded.get(record.id).reason == record.reason
     await reloaded.close()
+
+
+class HeldAdaptiveAnswer(SchedulerProbe):
+    """The real probe, holding the scheduler's adaptive answer until the test lets it through, so a
+    user's change can land while the reconciler waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered, self.release = asyncio.Event(), asyncio.Event()
+
+    async def adaptive_target(self, address: str, cert: str, key: str) -> int:
+        wanted = await super().adaptive_target(address, cert, key)
+        self.answered.set()
+        await self.release.wait()
+        return wanted
+
+
+@pytest.mark.slow
+async def test_adaptivity_turned_off_during_a_probe_keeps_the_size(rig):
+    """dask-gateway's ``adapt(active=False)`` while the scheduler is being asked: the answer that
+    comes back after is dropped (it used to be clamped by the removed bounds, to 0 workers)."""
+    make, create, store = rig
+    probe = HeldAdaptiveAnswer()
+    rec = await make(probe=probe)
+    try:
+        record = await create(rec, workers=2)
+        running = lambda: [w for w in record.workers.values() if w.status is WorkerStatus.RUNNING]  # noqa: E731
+        await until(lambda: record.status is ClusterStatus.RUNNING and len(running()) == 2, timeout=90)
+        record.adapt_minimum, record.adapt_maximum = 1, 3
+        await store.save(record)
+        await asyncio.wait_for(probe.answered.wait(), 30)  # idle: the scheduler wants fewer than 2
+        record.adapt_minimum = record.adapt_maximum = None  # what the adapt handler does
+        await store.save(record)
+        probe.release.set()
+        await asyncio.sleep(1.0)  # several activity checks
+        assert record.worker_target == 2 and len(running()) == 2
+    finally:
+        await rec.stop()
 
 
 async def test_scheduler_start_failure_fails_after_retries(rig):

@@ -388,8 +388,10 @@ class Reconciler(LoggingConfigurable):
         elif self.idle_timeout and now - record.last_activity > self.idle_timeout:
             await self.request_stop(record, f"idle for more than {self.idle_timeout:g} s")
             return
-        if wanted is not None:
-            target = max(record.adapt_minimum or 0, min(record.adapt_maximum or 0, wanted))
+        # the record may have changed while the scheduler answered: adaptivity turned off (the size
+        # stays as it is), new bounds (they apply), or a stop asked for (the size no longer matters)
+        if wanted is not None and record.adaptive and record.target is ClusterTarget.RUNNING:
+            target = max(record.adapt_minimum or 0, min(record.adapt_maximum, wanted))
             if target != record.worker_target:
                 self.log.info("Cluster %s: adaptive target %d -> %d", record.id, record.worker_target, target)
                 record.worker_target = target
