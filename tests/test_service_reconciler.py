@@ -21,9 +21,9 @@ async def rig(tmp_path):
     box = SecretBox(parse_crypt_keys(new_crypt_key()))
     backends = []
 
-    async def make(*, env=None, **traits):
+    async def make(*, env=None, backend_class=LocalBackend, **traits):
         # lifetimes and failures as such; clusters running as their owners: tests/test_isolation_local.py
-        backend = LocalBackend(state_dir=str(tmp_path / "clusters"), stop_grace=2, same_user=True)
+        backend = backend_class(state_dir=str(tmp_path / "clusters"), stop_grace=2, same_user=True)
         backends.append(backend)
         rec = Reconciler(backend=backend, store=store, secrets=box, poll_interval=0.2, activity_interval=0.3,
                          backoff_base=0.1, **traits)
@@ -133,6 +133,50 @@ async def test_adaptivity_turned_off_during_a_probe_keeps_the_size(rig):
         probe.release.set()
         await asyncio.sleep(1.0)  # several activity checks
         assert record.worker_target == 2 and len(running()) == 2
+    finally:
+        await rec.stop()
+
+
+class HeldPoll(LocalBackend):
+    """The real backend; once ``hold`` is set, its next poll looks, then waits for ``hold`` before
+    answering, so that a worker can be submitted between the look and the answer."""
+
+    hold: asyncio.Event | None = None
+    looked: asyncio.Event | None = None
+
+    async def poll(self, clusters):
+        observations = await super().poll(clusters)
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            self.looked.set()
+            await hold.wait()
+        return observations
+
+
+@pytest.mark.slow
+async def test_a_worker_submitted_while_a_poll_runs_is_kept(rig):
+    """The poll did not see a worker that did not exist when it looked: that worker is neither
+    forgotten as exited nor replaced (and then stopped as a stray when the next poll sees it)."""
+    make, create, store = rig
+    rec = await make(backend_class=HeldPoll)
+    backend = rec.backend
+    try:
+        record = await create(rec, workers=1)
+        running = lambda: {n for n, w in record.workers.items() if w.status is WorkerStatus.RUNNING}  # noqa: E731
+        await until(lambda: record.status is ClusterStatus.RUNNING and len(running()) == 1, timeout=90)
+        first = set(record.workers)
+        hold = backend.hold = asyncio.Event()
+        backend.looked = asyncio.Event()
+        await asyncio.wait_for(backend.looked.wait(), 30)
+        record.worker_target = 2  # what a scale request does
+        await store.save(record)
+        rec.enqueue(record.id)
+        await until(lambda: len(record.workers) == 2 and not rec.queue.processing(record.id), timeout=30)
+        (added,) = set(record.workers) - first
+        hold.set()
+        await until(lambda: len(running()) == 2, timeout=60)
+        await asyncio.sleep(1.0)  # several more polls: no replacement, no stray stopped
+        assert set(record.workers) == running() == first | {added}
     finally:
         await rec.stop()
 

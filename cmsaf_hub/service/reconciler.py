@@ -281,6 +281,7 @@ class Reconciler(LoggingConfigurable):
                 specs.append(await self.spec(record))
             except CryptError as e:
                 await self.request_stop(record, str(e), failed=True)
+        looked_at = time.time()
         observations = await self.backend.poll(specs)
         for spec in specs:
             record = self.store.get(spec.id)
@@ -289,11 +290,15 @@ class Reconciler(LoggingConfigurable):
                 continue
             if self.queue.processing(record.id):
                 continue  # its worker records are changing right now; the next poll will see them
-            await self.apply_observation(record, obs)
+            await self.apply_observation(record, obs, looked_at)
             await self._stop_strays(record, obs)
 
-    async def apply_observation(self, record: ClusterRecord, obs) -> None:
-        """Fold one bulk-poll observation into the cluster's worker records."""
+    async def apply_observation(self, record: ClusterRecord, obs, looked_at: float) -> None:
+        """Fold one bulk-poll observation into the cluster's worker records.
+
+        A worker recorded after ``looked_at`` (submitted while the poll ran) is not judged by its
+        absence: the poll may have looked before it existed.
+        """
         if not obs.scheduler_alive and record.target is ClusterTarget.RUNNING:
             await self.request_stop(
                 record, f"the scheduler stopped unexpectedly: {obs.scheduler_reason or 'unknown reason'}", failed=True
@@ -303,6 +308,8 @@ class Reconciler(LoggingConfigurable):
         last_failure = None
         for name, worker in list(record.workers.items()):
             seen = obs.workers.get(name)
+            if seen is None and worker.created >= looked_at:
+                continue
             phase = seen.phase if seen is not None else WorkerPhase.EXITED
             if worker.status is WorkerStatus.STOPPING:
                 continue
