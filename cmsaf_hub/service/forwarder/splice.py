@@ -133,44 +133,76 @@ def take_socket(stream: IOStream) -> socket.socket:
     return sock
 
 
-async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, writable: bool) -> None:
-    ready = loop.create_future()
-    add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
-    add(sock.fileno(), lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        remove(sock.fileno())
+#: Bytes one direction moves per event-loop callback before it lets other connections run.
+BURST = 4 * PIPE_SIZE
 
 
-async def _kernel_pipe(source: socket.socket, sink: socket.socket) -> None:
-    """One direction: ``splice`` from ``source`` into a pipe and from the pipe into ``sink`` until EOF."""
-    loop = asyncio.get_running_loop()
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
+class KernelPipe:
+    """One direction: ``splice`` from ``source`` into a kernel pipe and from it into ``sink`` until EOF.
+
+    Driven by the event loop's readiness callbacks, registered once: while bytes flow, a wake-up
+    costs two ``splice`` calls and no task, future or selector change. That per-wake cost is what
+    every relayed round trip pays (a request and its answer each cross once), so it is kept to the
+    syscalls. The source's reader is swapped for the sink's writer only while the sink is full.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, source: socket.socket, sink: socket.socket):
+        self.loop, self.source, self.sink = loop, source.fileno(), sink.fileno()
+        self._sink_socket = sink
+        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):
-            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        in_pipe = 0
-        while True:
-            if not in_pipe:
-                try:
-                    in_pipe = os.splice(source.fileno(), write_end, PIPE_SIZE, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await _wait(loop, source, writable=False)
+            fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self.in_pipe = 0
+        #: Resolved at EOF (the half-close passed on) or when the connection fails.
+        self.done: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(self.source, self._move)
+
+    def _move(self) -> None:
+        if self.done.done():
+            return
+        moved = 0
+        try:
+            while moved < BURST:
+                if self.in_pipe:
+                    try:
+                        sent = os.splice(self.read_end, self.sink, self.in_pipe, flags=_SPLICE_FLAGS)
+                    except BlockingIOError:  # the sink is full: wait for it, not for more input
+                        self.loop.remove_reader(self.source)
+                        self.loop.add_writer(self.sink, self._writable)
+                        return
+                    self.in_pipe -= sent
+                    moved += sent
                     continue
-                if not in_pipe:  # EOF: pass the half-close on
+                try:
+                    self.in_pipe = os.splice(self.source, self.write_end, PIPE_SIZE, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    return  # drained; the reader stays registered
+                if not self.in_pipe:  # EOF: pass the half-close on
                     with contextlib.suppress(OSError):
-                        sink.shutdown(socket.SHUT_WR)
+                        self._sink_socket.shutdown(socket.SHUT_WR)
+                    self._finish()
                     return
-            try:
-                in_pipe -= os.splice(read_end, sink.fileno(), in_pipe, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                await _wait(loop, sink, writable=True)
-    except (ConnectionError, OSError):
-        return
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+            self.loop.call_soon(self._move)  # a long burst: let other callbacks run, then go on
+        except OSError:  # reset, broken pipe: the connection is over
+            self._finish()
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.sink)
+        if not self.done.done():
+            self.loop.add_reader(self.source, self._move)
+            self._move()
+
+    def _finish(self) -> None:
+        self.loop.remove_reader(self.source)
+        self.loop.remove_writer(self.sink)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def close(self) -> None:
+        """Leave the selector and free the pipe; the sockets are the caller's."""
+        self._finish()
+        os.close(self.read_end)
+        os.close(self.write_end)
 
 
 async def splice_in_kernel(client: IOStream, upstream: IOStream) -> None:
@@ -188,16 +220,16 @@ async def splice_in_kernel(client: IOStream, upstream: IOStream) -> None:
     a, b = take_socket(client), take_socket(upstream)
     for sock in (a, b):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    tasks = [asyncio.ensure_future(_kernel_pipe(a, b)), asyncio.ensure_future(_kernel_pipe(b, a))]
+    loop = asyncio.get_running_loop()
+    pipes = [KernelPipe(loop, a, b), KernelPipe(loop, b, a)]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([p.done for p in pipes], return_when=asyncio.FIRST_COMPLETED)
         # one side finished sending: give the other direction its remaining bytes, then close
-        await asyncio.wait(tasks, timeout=HALF_CLOSE_TIMEOUT)
+        await asyncio.wait([p.done for p in pipes], timeout=HALF_CLOSE_TIMEOUT)
     finally:
-        for task in tasks:
-            task.cancel()
         # both pipes must have left the event loop's selector before their sockets close: a closed
         # descriptor still registered there breaks whichever connection is given that number next
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for pipe in pipes:
+            pipe.close()
         a.close()
         b.close()
