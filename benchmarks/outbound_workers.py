@@ -1,22 +1,27 @@
 """What reaching a worker through the broker costs, against the same worker reached directly, same run.
 
-Starts a dev IAM, a real JupyterHub with configurable-http-proxy and the cluster service (local
-backend, with the broker's own listener: ``Broker.listen``), creates a cluster, and joins two
-outbound-style workers (``python -m cmsaf_hub.reverse``): one through the hub only, one told the
-broker's listener (``CMSAF_BROKER_URL``). Each keeps its loopback ``tcp://`` listener beside its
+Starts a dev IAM, a real JupyterHub with configurable-http-proxy, the cluster service (local
+backend, with the broker's own listener: ``Broker.listen``) and a real nginx in front of the hub as
+its ingress (the hub's public address), which routes the broker's paths to that listener
+(``devstack/ingress.py``, as ``deploy/manifests/hub-ingress.yaml``). It creates a cluster and joins
+three outbound-style workers (``python -m cmsaf_hub.reverse``): one told the hub's public address
+(the ingress) as ``CMSAF_BROKER_URL``, one told a separate broker address (the listener itself),
+one through the hub's proxy only. Each keeps its loopback ``tcp://`` listener beside its
 ``hubrev://`` one (``CMSAF_REVERSE_KEEP_LOCAL_LISTENER=1``), so the *same* worker process is reached
 both ways. Then, interleaved, from the notebook side (this process):
 
 - gather throughput: ``get_data`` of an N MB result held on the worker (what ``client.gather``
-  does): through the hub (client -> CHP -> service -> CHP -> worker's outward connection), through
-  the broker's listener (client -> service -> worker's outward connection), and direct tcp;
+  does) through the ingress (client -> nginx -> service -> nginx -> worker's outward connection),
+  through the broker's listener (client -> service -> worker), through the hub's proxy (client ->
+  CHP -> service -> CHP -> worker), and direct tcp;
 - round-trip latency: a tiny ``get_data`` on an open connection (the per-request cost of every
   result fetch, dependency transfer and ``client.run`` hop);
 - connection setup: a fresh connection each time (brokered: control-channel ticket + the
   worker's outward connection).
 
-Targets: brokered gather >= 0.7x direct, brokered round trip <= 1.5x direct (the broker's listener,
-what a facility with outbound-only sites configures; the path through the hub is printed beside it).
+Targets: brokered gather >= 0.7x direct, brokered round trip <= 1.5x direct, judged on the path
+through the hub's public address that a facility configures (the ingress); the other two paths are
+printed beside it.
 
 Run from the repository root: ``.venv/bin/python benchmarks/outbound_workers.py [--rounds 200 --mbytes 64]``;
 ``--quick`` (what CI runs) checks the script in seconds, its figures mean nothing.
@@ -34,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,9 +54,10 @@ from cmsaf_hub.comm import hub_connection_args, hub_security  # noqa: E402
 from cmsaf_hub.reverse import BROKER_URL_ENV, KEEP_LOCAL_LISTENER_ENV, outbound_worker_command  # noqa: E402
 from cluster_start import running_service_hub  # noqa: E402  (a dev IAM + hub + service, shared by benchmarks)
 from devstack.hub import free_port  # noqa: E402
+from devstack.ingress import start_ingress  # noqa: E402
 
 #: Each brokered path is measured against the same worker reached directly.
-OWN_LISTENER, THROUGH_HUB = "brokered, broker's listener", "brokered, through the hub"
+INGRESS, OWN_LISTENER, THROUGH_HUB = "brokered, hub's ingress", "brokered, broker's listener", "brokered, hub's proxy"
 DIRECT = "  same worker, direct tcp://"
 
 
@@ -93,6 +100,11 @@ async def measure(addresses: dict[str, tuple[str, str, str]], token: str, *, rou
         await pool.close()
 
 
+def at_host(url: str, host: str, port: int) -> str:
+    """``url`` with its host and port replaced (the cluster's comm URL at the ingress)."""
+    return urlsplit(url)._replace(netloc=f"{host}:{port}").geturl()
+
+
 def start_worker(scheduler_url: str, name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         outbound_worker_command(scheduler_url, "--name", name, "--nthreads", "1", "--no-dashboard",
@@ -117,6 +129,7 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
     workers: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="outbound-workers-") as tmp:
         async with running_service_hub(Path(tmp), config=config) as sh:
+            ingress = await start_ingress(Path(tmp) / "ingress", sh.hub.url, broker=("services/cmsaf", broker_listen))
             token = await sh.hub.create_user("alice")
             async with sh.client(token) as api:
                 cid = (await api.post("clusters", json={"options": {"workers": 0}})).json()["id"]
@@ -127,13 +140,15 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
                 workers.append(start_worker(model["scheduler_address"], "via-hub", credential, Path(tmp) / "hub.log"))
                 workers.append(start_worker(model["scheduler_address"], "via-broker",
                                             {**credential, BROKER_URL_ENV: join["broker_url"]}, Path(tmp) / "broker.log"))
+                workers.append(start_worker(at_host(model["scheduler_address"], ingress.host, ingress.port), "via-ingress", {**credential, BROKER_URL_ENV: ingress.url.rstrip("/")},
+                                            Path(tmp) / "ingress.log"))
                 async with Client(model["scheduler_address"], security=hub_security(token), asynchronous=True,
                                   timeout=60) as client:
-                    await client.wait_for_workers(2, timeout=120)
+                    await client.wait_for_workers(3, timeout=120)
                     by_name = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
                     addresses: dict[str, tuple[str, str, str]] = {}
                     held = []  # the futures keep their results on the workers
-                    for name, brokered in (("via-broker", OWN_LISTENER), ("via-hub", THROUGH_HUB)):
+                    for name, brokered in (("via-ingress", INGRESS), ("via-broker", OWN_LISTENER), ("via-hub", THROUGH_HUB)):
                         worker = by_name[name]
                         assert worker.startswith("hubrev://"), worker
                         big = client.submit(os.urandom, mbytes * 2**20, workers=[worker], pure=False)
@@ -144,6 +159,7 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
                         addresses[brokered] = (worker, big.key, small.key)
                         addresses[brokered + DIRECT] = (local, big.key, small.key)
                     assert by_name["via-broker"].startswith(f"hubrev://{broker_listen}/"), by_name
+                    assert by_name["via-ingress"].startswith(f"hubrev://{ingress.host}:{ingress.port}/"), by_name
                     figures = await measure(addresses, token, rounds=rounds, repeats=repeats, mbytes=mbytes)
             finally:
                 for worker in workers:
@@ -151,12 +167,13 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
                 async with sh.client(token) as api:  # clusters outlive the service: stop this one
                     await api.delete(f"clusters/{cid}")
                     await sh.wait_status(api, cid, "stopped")
+                ingress.stop()
     print(f"{repeats} interleaved repeats (medians); {mbytes} MB gathers, {rounds} round trips each; "
           f"{os.cpu_count()} CPUs")
     for path, f in figures.items():
         print(f"  {path.partition(DIRECT)[1] or path:30s} gather {f['gather']:8.1f} MB/s   round trip {f['rtt']:6.2f} ms   "
               f"new connection {f['connect']:6.2f} ms")
-    for brokered, judged in ((OWN_LISTENER, True), (THROUGH_HUB, False)):
+    for brokered, judged in ((INGRESS, True), (OWN_LISTENER, False), (THROUGH_HUB, False)):
         b, d = figures[brokered], figures[brokered + DIRECT]
         gather, rtt = b["gather"] / d["gather"], b["rtt"] / d["rtt"]
 

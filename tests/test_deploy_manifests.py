@@ -424,31 +424,46 @@ def test_service_config_builds_a_working_service_and_backend(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("values_name", ["values", "values+site-example"])
-def test_the_brokers_listener_is_published_where_its_public_url_says(tmp_path, monkeypatch, values_name):
-    """Broker.listen's port is a hub Service port the network policy admits, the broker Ingress
-    routes the cluster URLs of the public URL's host name there, and HTCondor's outbound-only
-    workers are told the same URL."""
+def test_the_brokers_paths_on_the_hubs_public_host_go_to_its_listener(tmp_path, monkeypatch, values_name):
+    """Broker.listen's port is a hub Service port the network policy admits; the broker Ingress
+    routes the broker's paths (and only those) of the hub's own public host there; the public URL
+    workers are told (the API's and HTCondor's) is the hub's."""
+    import re
     from urllib.parse import urlsplit
 
     from cmsaf_hub.service.backends.htcondor import HTCondorBackend
-    from cmsaf_hub.service.broker import Broker
+    from cmsaf_hub.service.broker import Broker, ingress_path
 
     hub = VALUE_SETS[values_name]["hub"]
     config = service_config(tmp_path, monkeypatch, values_name)
     broker = Broker(config=config)
     public_url = hub["services"]["cmsaf"]["environment"]["CMSAF_BROKER_PUBLIC_URL"]
     assert broker.public_url == HTCondorBackend(config=config).broker_url == public_url
+    assert urlsplit(public_url).hostname == urlsplit(hub["services"]["cmsaf"]["environment"]["CMSAF_PUBLIC_URL"]).hostname
+    assert urlsplit(public_url).hostname in VALUE_SETS[values_name]["ingress"]["hosts"]
     port = int(broker.listen.rpartition(":")[2])
     assert {"name": "cmsaf-broker", "port": port, "targetPort": port} in hub["service"]["extraPorts"]
     assert any(port in [p["port"] for p in rule["ports"]] for rule in hub["networkPolicy"]["ingress"])
     [ingress] = [d for name, d in MANIFESTS if name == "broker-ingress.yaml:Ingress/cmsaf-broker"]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/use-regex"] == "true"
     [rule] = ingress["spec"]["rules"]
     [path] = rule["http"]["paths"]
-    assert path["path"] == "/services/cmsaf/clusters/" and path["backend"]["service"] == {
-        "name": "hub", "port": {"number": port}}
+    assert path["path"] == ingress_path("services/cmsaf") and path["pathType"] == "ImplementationSpecific"
+    assert path["backend"]["service"] == {"name": "hub", "port": {"number": port}}
     if values_name == "values":  # the manifest carries the placeholder host, as values.yaml does
         assert rule["host"] == urlsplit(public_url).hostname
-        assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
+        assert ingress["spec"]["tls"] == VALUE_SETS[values_name]["ingress"]["tls"]
+    # the routed paths are the broker's URLs, and none of the service's others
+    routed = re.compile("^" + path["path"])
+    cid = "3f2a9c"
+    for url in (f"/services/cmsaf/clusters/{cid}/broker/w1", f"/services/cmsaf/clusters/{cid}/broker/w1/T0k",
+                f"/services/cmsaf/clusters/{cid}/workers/w1"):
+        assert routed.match(url), url
+        assert any(re.fullmatch(spec, url) for spec, _, _ in broker.handlers("services/cmsaf", None, None)), url
+    for url in (f"/services/cmsaf/clusters/{cid}/comm", f"/services/cmsaf/clusters/{cid}/tls",
+                f"/services/cmsaf/clusters/{cid}/dashboard/status", "/services/cmsaf/api/v1/clusters",
+                f"/services/cmsaf/api/v1/clusters/{cid}/workers", "/hub/api/users"):
+        assert not routed.match(url), url
 
 
 def test_service_is_registered_where_the_proxy_and_command_find_it():

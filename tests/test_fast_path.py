@@ -11,7 +11,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,69 +18,14 @@ from distributed import Client
 from distributed.comm.core import FatalCommClosedError
 
 from cmsaf_hub.comm import HubRefusedFatal, hub_security
-from devstack.hub import free_port
+from devstack.ingress import start_ingress
 from devstack.pki import trust
 from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
-NGINX = "/usr/sbin/nginx"
 #: Clusters as the service's own OS user: these tests are about the path into a cluster, not isolation.
 SAME_USER = "c.LocalBackend.same_user = True\n"
-
-#: What an ingress in front of JupyterHub does (z2jh's nginx ingress): TLS termination, websocket
-#: upgrades passed on, no buffering.
-NGINX_CONF = """
-worker_processes 1;
-pid {state}/nginx.pid;
-error_log {state}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {state}/body;
-    proxy_temp_path {state}/proxy;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location / {{
-            proxy_pass {upstream};
-            proxy_http_version 1.1;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_buffering off;
-            proxy_read_timeout 3600s;
-        }}
-    }}
-}}
-"""
-
-
-async def start_nginx(state: Path, upstream: str, cert: Path, key: Path) -> tuple[subprocess.Popen, int]:
-    """A real nginx terminating TLS in front of ``upstream``; returns the process and its port."""
-    state.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    conf = state / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(state=state, port=port, cert=cert, key=key, upstream=upstream.rstrip("/")))
-    proc = subprocess.Popen([NGINX, "-p", str(state), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=open(state / "stderr.log", "wb"))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while loop.time() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                break
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError("nginx did not start: " + (state / "stderr.log").read_text()
-                         + (state / "error.log").read_text() if (state / "error.log").exists() else "")
 
 
 async def roundtrip(client: Client, nbytes: int) -> None:
@@ -138,9 +82,9 @@ async def test_fast_path_through_chp_and_an_nginx_tls_ingress(service_hub_factor
         assert (await http.get(tls_url)).status_code == 401
 
     # behind an nginx ingress terminating TLS with the hub's certificate: hubs://, TLS inside TLS
-    nginx, port = await start_nginx(tmp_path / "nginx", sh.hub.url, dev_pki.server_cert, dev_pki.server_key)
+    nginx = await start_ingress(tmp_path / "nginx", sh.hub.url, tls=(dev_pki.server_cert, dev_pki.server_key))
     try:
-        ingress = f"hubs://127.0.0.1:{port}/services/cmsaf/clusters/{cid}/tls"
+        ingress = f"hubs://127.0.0.1:{nginx.port}/services/cmsaf/clusters/{cid}/tls"
         hub_ca = trust(dev_pki.ca_cert)
         async with Client(ingress, security=hub_security(alice, ssl_context=hub_ca), asynchronous=True,
                           timeout=30) as client:
@@ -149,8 +93,7 @@ async def test_fast_path_through_chp_and_an_nginx_tls_ingress(service_hub_factor
         with pytest.raises(HubRefusedFatal, match=r"403 You may not use this cluster\."):
             await Client(ingress, security=hub_security(eve, ssl_context=hub_ca), asynchronous=True, timeout=20)
     finally:
-        nginx.terminate()
-        nginx.wait(30)
+        nginx.stop()
 
     # stopping the cluster closes the fast path too
     async with sh.client(alice) as api:

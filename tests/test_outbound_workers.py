@@ -22,9 +22,10 @@ from distributed import Client
 from distributed.comm import connect
 from distributed.comm.core import FatalCommClosedError
 
-from cmsaf_hub.comm import CREDENTIAL_ENV, hub_connection_args, hub_security
+from cmsaf_hub.comm import hub_connection_args, hub_security
 from cmsaf_hub.reverse import BROKER_URL_ENV, hub_cluster_address, outbound_worker_command
 from devstack.hub import free_port
+from devstack.ingress import start_ingress
 from devstack.netns import PortForward, create_site, remove_site, site_exists
 from devstack.service_hubs import start_service_hub
 
@@ -184,19 +185,20 @@ async def test_an_outbound_only_worker_is_a_full_member_and_survives_a_service_r
         await forward.stop()
 
 
-async def test_with_the_brokers_own_listener_brokered_connections_leave_the_hubs_proxy_out(
-        hub_factory, tmp_path, site):
-    # the broker's listener on the address the site reaches (the veth's host side); the hub only
-    # through the forwarder, as above
-    broker_port = free_port(site.host_ip)
-    broker_url = f"http://{site.host_ip}:{broker_port}"
+async def test_through_the_hubs_ingress_brokered_connections_leave_the_hubs_proxy_out(hub_factory, tmp_path, site):
+    # the site reaches the hub's public address only: a real nginx in front of the hub on the
+    # veth's host side, routing the broker's paths to its own listener on loopback (which the
+    # site cannot reach) and everything else to the hub's proxy
+    broker_listen = f"127.0.0.1:{free_port()}"
+    ingress_port = free_port(site.host_ip)
+    public = f"http://{site.host_ip}:{ingress_port}"
     sh = await start_service_hub(hub_factory, tmp_path, config=(
         "c.LocalBackend.same_user = True\n"
-        f"c.Broker.listen = '{site.host_ip}:{broker_port}'\nc.Broker.public_url = '{broker_url}'\n"))
+        f"c.Broker.listen = '{broker_listen}'\nc.Broker.public_url = '{public}'\n"))
     alice = await sh.hub.create_user("alice")
     bob = await sh.hub.create_user("bob")
-    hub_port = urlsplit(sh.hub.url).port
-    forward = await PortForward(site.host_ip, "127.0.0.1", hub_port).start()
+    ingress = await start_ingress(tmp_path / "ingress", sh.hub.url, host=site.host_ip, port=ingress_port,
+                                  broker=("services/cmsaf", broker_listen))
     proxy = psutil.Process(sh.hub.process.proxy_pid())
     worker = None
     try:
@@ -205,9 +207,10 @@ async def test_with_the_brokers_own_listener_brokered_connections_leave_the_hubs
             model = await sh.wait_status(api, cid, "running")
             await sh.wait_workers(api, cid, 1)
             join = (await api.get(f"clusters/{cid}/worker-credential")).json()
-        assert join["broker_url"] == broker_url
+        assert join["broker_url"] == public
 
-        site_url = model["scheduler_address"].replace(f"127.0.0.1:{hub_port}", f"{site.host_ip}:{forward.port}")
+        hub_port = urlsplit(sh.hub.url).port
+        site_url = model["scheduler_address"].replace(f"127.0.0.1:{hub_port}", f"{site.host_ip}:{ingress_port}")
         log = open(tmp_path / "outbound.log", "wb")
         cmd = site.command(*outbound_worker_command(site_url, "--name", "outbound-b", "--nthreads", "1",
                                                     "--no-dashboard", "--death-timeout", "60"))
@@ -218,8 +221,8 @@ async def test_with_the_brokers_own_listener_brokered_connections_leave_the_hubs
                           timeout=30) as client:
             await client.wait_for_workers(2, timeout=120)
             [outbound] = brokered_workers(client)
-            # its address names the broker's listener, not the hub
-            assert outbound.startswith(hub_cluster_address(site_url, broker_url) + "/workers/")
+            # its address is the hub's public one (the ingress), as its scheduler connection's
+            assert outbound.startswith(hub_cluster_address(site_url) + "/workers/")
             [facility] = [a for a in client.scheduler_info()["workers"] if a != outbound]
 
             proxy_bytes = proxy.io_counters()
@@ -234,13 +237,13 @@ async def test_with_the_brokers_own_listener_brokered_connections_leave_the_hubs
             # it through the hub's proxy (its socket I/O is counted as read/write chars)
             assert moved.read_chars - proxy_bytes.read_chars < 5_000_000, (proxy_bytes, moved)
 
-            # the same rules on the broker's listener: bob is refused, and it serves nothing else
+            # the same rules at the listener: bob is refused, and it serves nothing else
             assert ": 403 Forbidden (You may not use this cluster.)" in await refusal(outbound, bob)
             async with httpx.AsyncClient(timeout=30) as http:
-                r = await http.get(f"{broker_url}/services/cmsaf/api/v1/clusters",
+                r = await http.get(f"http://{broker_listen}/services/cmsaf/api/v1/clusters",
                                    headers={"Authorization": f"token {alice}"})
                 assert r.status_code == 404
     finally:
         if worker is not None:
             stop_outbound_worker(worker)
-        await forward.stop()
+        ingress.stop()

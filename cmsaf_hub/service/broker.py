@@ -6,12 +6,13 @@ a websocket authenticated with the cluster's worker credential). A peer connecti
 as the scheduler relay: the owner's or an admin's hub token, or the cluster's worker credential),
 the broker sends the worker a ticket over its control channel, the worker opens
 ``<cluster>/broker/<worker id>/<ticket>`` outward, and the two connections are answered ``101``
-and spliced. Nothing is buffered beyond one chunk per direction (``Forwarder.chunk_size``).
+and spliced in the kernel (``splice_in_kernel``: ``splice(2)`` through one pipe per direction).
 
 By default both connections reach the service through the hub's proxy, which then relays every
 brokered byte twice. ``Broker.listen`` gives the broker a listener of its own, serving these URLs
-and nothing else; published to outbound-only sites as ``Broker.public_url``, it takes the proxy out
-of brokered connections (workers are told to use it by ``CMSAF_BROKER_URL``).
+and nothing else; with the hub's ingress routing the broker's paths to it (:func:`ingress_path`),
+or on a host name of its own, and published as ``Broker.public_url``, it takes the proxy out of
+brokered connections (workers are told to use it by ``CMSAF_BROKER_URL``).
 
 Refusals (JSON ``{"error": ...}``): 400 not an upgrade, 401 no credential, 403 wrong credential or
 foreign/unknown cluster (same body), 404 cluster stopped or unknown ticket, 503 worker not
@@ -22,12 +23,8 @@ connected to the broker (``Retry-After``), 504 the worker did not answer within
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import json
-import os
 import secrets
-import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,86 +36,22 @@ from traitlets.config import LoggingConfigurable
 
 from .forwarder import ClusterState, Forwarder, Target, credential_matches, owner_or_admin
 from .forwarder.base import ForwarderHandler
-from .forwarder.splice import splice
+from .forwarder.splice import splice_in_kernel
 from .forwarder.target import Authorizer, Resolver
 
 #: (cluster id, worker id)
 ChannelKey = tuple[str, str]
-#: ``fcntl`` command that sizes a pipe (Linux), and the size asked for the splice pipes.
-F_SETPIPE_SZ = 1031
-PIPE_SIZE = 1024 * 1024
 
 
-async def _ready(add: Any, remove: Any, fd: int) -> None:
-    future = asyncio.get_running_loop().create_future()
-    add(fd, lambda: future.done() or future.set_result(None))
-    try:
-        await future
-    finally:
-        remove(fd)
+def ingress_path(prefix: str) -> str:
+    """The path regex an ingress on the hub's public host routes to ``Broker.listen``.
 
-
-async def _pump(source: socket.socket, sink: socket.socket, chunk_size: int) -> None:
-    """Move bytes ``source`` -> ``sink`` through a kernel pipe (``splice(2)``): no copy through Python."""
-    loop = asyncio.get_running_loop()
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_SIZE)
-    try:
-        while True:
-            try:
-                moved = os.splice(source.fileno(), write_end, chunk_size, flags=flags)
-            except BlockingIOError:
-                await _ready(loop.add_reader, loop.remove_reader, source.fileno())
-                continue
-            if moved == 0:
-                return
-            while moved:
-                try:
-                    moved -= os.splice(read_end, sink.fileno(), moved, flags=flags)
-                except BlockingIOError:
-                    await _ready(loop.add_writer, loop.remove_writer, sink.fileno())
-    except OSError:  # reset, broken pipe: the connection is over
-        return
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-
-def _take_socket(stream: IOStream) -> socket.socket | None:
-    """The stream's socket, detached from tornado's loop; None if tornado still holds unsent or unread bytes."""
-    if stream.closed() or stream._read_buffer_size or len(stream._write_buffer) or stream.socket is None:
-        return None
-    stream.io_loop.remove_handler(stream.fileno())
-    stream._state = None
-    return stream.socket
-
-
-async def splice_sockets(a: IOStream, b: IOStream, chunk_size: int) -> None:
-    """Relay both directions with ``splice(2)`` until one side closes, then close both.
-
-    Bytes never pass through Python, which spares the service's CPU on bulk transfers. Falls back
-    to the forwarder's copying splice where ``os.splice`` is missing or tornado holds buffered bytes.
+    It matches the broker's URLs under the service ``prefix`` (control channels and answers,
+    ``<cluster>/broker/...``, and peers' connects, ``<cluster>/workers/...``) and none of the
+    service's others, so outbound-only workers use the hub's one public address while their bytes
+    skip the hub's proxy. ``deploy/manifests/broker-ingress.yaml`` carries it.
     """
-    if not hasattr(os, "splice"):
-        return await splice(a, b, chunk_size)
-    sock_a = _take_socket(a)
-    sock_b = _take_socket(b) if sock_a is not None else None
-    if sock_a is None or sock_b is None:  # tornado re-registers a taken socket on its next read
-        return await splice(a, b, chunk_size)
-    for sock in (sock_a, sock_b):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    pumps = [asyncio.ensure_future(_pump(sock_a, sock_b, chunk_size)),
-             asyncio.ensure_future(_pump(sock_b, sock_a, chunk_size))]
-    try:
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for pump in pumps:
-            pump.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
-        a.close()
-        b.close()
+    return "/" + prefix.strip("/") + "/clusters/[^/]+/(broker|workers)/"
 
 
 def switching_protocols(websocket_key: str) -> bytes:
@@ -157,17 +90,20 @@ class Broker(LoggingConfigurable):
         "", config=True,
         help="""``host:port`` of a listener of the broker's own, beside the service's port. It serves
         the broker's URLs only (control channels, workers' answers, peers' connects; every other
-        path is 404), so it can be published where the service's API is not. Workers at
-        outbound-only sites then open their connections to it (``public_url``) instead of through
-        the hub's proxy, which otherwise relays every brokered byte twice. Empty: the broker is
-        reached through the hub only.""",
+        path is 404), so it can be published where the service's API is not: the hub's ingress
+        routes the broker's paths there (:func:`ingress_path`), or a host name of its own points at
+        it. Workers at outbound-only sites then open their connections to it (``public_url``)
+        without passing the hub's proxy, which otherwise relays every brokered byte twice. Empty:
+        the broker is reached through the hub's proxy only.""",
     )
     public_url = Unicode(
         "", config=True,
         help="""The URL at which workers on outbound-only sites, and the peers that connect to them,
-        reach ``listen``: ``https://broker.hub.example:8443`` where TLS is terminated in front of it
-        (the listener itself speaks plain HTTP), ``http://`` inside a trusted network. The
-        worker-credential API hands it to workers as ``CMSAF_BROKER_URL``. Required with ``listen``.""",
+        reach ``listen``: the hub's public URL (``https://hub.example``) when its ingress routes the
+        broker's paths there, or a host name of its own (``https://broker.hub.example:8443``) with
+        TLS terminated in front of it (the listener itself speaks plain HTTP); ``http://`` only
+        inside a trusted network. No path. The worker-credential API hands it to workers as
+        ``CMSAF_BROKER_URL``. Required with ``listen``.""",
     )
 
     @validate("public_url")
@@ -366,7 +302,7 @@ class BrokeredConnectHandler(ForwarderHandler):
         except StreamClosedError:
             worker_stream.close()
             return
-        await splice_sockets(client, worker_stream, self.forwarder.chunk_size)
+        await splice_in_kernel(client, worker_stream)
 
 
 def broker_handlers(prefix: str, resolve: Resolver, hub_auth: Any, authorize: Authorizer = owner_or_admin,
