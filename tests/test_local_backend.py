@@ -4,10 +4,13 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 import ssl
 
+import psutil
 import pytest
 from distributed import Client
 from distributed.security import Security
@@ -158,6 +161,56 @@ async def test_survives_a_new_backend_instance_and_orphans_are_removed(backend, 
     obs = await poll_until(backend, spec, lambda o: not o.scheduler_alive)
     assert obs.workers[worker.name].phase is not WorkerPhase.RUNNING
     assert await restarted.list_cluster_ids() == {other.id}
+
+
+#: A service that starts a process and is killed before it registers the pid (its write of the
+#: registry file kills it): prints the pid it was about to register.
+DIES_REGISTERING = """
+import os, pwd, signal, sys
+from pathlib import Path
+from cmsaf_hub.service.backends.local import Account, LocalBackend
+
+cluster_dir, marker = Path(sys.argv[1]), sys.argv[2]
+(cluster_dir / "logs").mkdir(parents=True)
+(cluster_dir / "pids").mkdir()
+
+def killed(path, text):
+    print(text.split()[0], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Path.write_text = killed
+LocalBackend(state_dir=str(cluster_dir.parent), same_user=True)._spawn(
+    cluster_dir, "w", [sys.executable, "-c", "import time; time.sleep(120)", marker], dict(os.environ),
+    Account.from_passwd(pwd.getpwuid(os.getuid())), str(cluster_dir),
+)
+"""
+
+
+def _runs(pid: int, marker: str) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and marker in proc.cmdline()
+    except psutil.Error:
+        return False
+
+
+def test_a_process_whose_service_died_before_registering_it_never_runs(tmp_path):
+    """No restarted service could find it (it is in no registry), so it must not run at all."""
+    marker = f"cmsaf-unregistered-{time.time_ns()}"
+    service = subprocess.run([sys.executable, "-c", DIES_REGISTERING, str(tmp_path / "c" / "c5"), marker],
+                             capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    assert service.returncode == -signal.SIGKILL, service.stderr
+    pid = int(service.stdout)
+    try:
+        for _ in range(100):
+            if not _runs(pid, marker):
+                break
+            time.sleep(0.1)
+        assert not _runs(pid, marker), "the unregistered process runs"
+        assert not list((tmp_path / "c" / "c5" / "pids").iterdir())
+    finally:
+        if _runs(pid, marker):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def test_scheduler_that_cannot_start_is_a_clear_error(backend):

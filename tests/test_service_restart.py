@@ -97,7 +97,8 @@ async def test_restart_readopts_resumes_and_cleans_orphans(service_hub_factory, 
             await client.wait_for_workers(3, timeout=60)
             assert await client.submit(sum, range(10)) == 45
             names = {w["name"] for w in client.scheduler_info()["workers"].values()}
-            assert len(names) == 3 and f"{cid[:8]}-5tray000" not in names, names  # no stray duplicates
+            # no stray duplicates
+            assert len(names) == 3 and f"{cid[:8]}-5tray000" not in names, (names, _cluster_log(sh, cid))
 
         # a worker dies: reported as failed and replaced to meet the target
         victim = next(n for n in _registry_pids(sh, cid) if n != "scheduler")
@@ -121,6 +122,11 @@ async def test_restart_readopts_resumes_and_cleans_orphans(service_hub_factory, 
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _cluster_log(sh, cid) -> list[str]:
+    """The hub's log lines about the cluster (both services write there)."""
+    return [line for line in sh.hub.log_text().splitlines() if cid in line]
 
 
 def _registry_pids(sh, cid) -> dict[str, int]:

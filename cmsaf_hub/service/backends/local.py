@@ -65,6 +65,18 @@ SHARED_DIR_MODE = 0o711
 PRIVATE_DIR_MODE = 0o700
 #: The largest ``addresses.json`` the service reads (the owner's processes write it).
 MAX_ADDRESS_FILE = 64 * 1024
+#: Every process starts behind this gate: a shell that execs the real command (same pid, same
+#: start time) only once the service, having registered the pid, writes a line to its stdin. A
+#: service that dies in between closes the pipe, and the shell exits: no process runs unregistered,
+#: where no restarted service could find it. ``env -u`` drops what the shell itself exports.
+START_GATE = ["/bin/sh", "-c", 'read -r go && exec "$@" </dev/null']
+SHELL_VARIABLES = ("PWD", "OLDPWD", "SHLVL", "_")
+
+
+def gated_command(name: str, cmd: list[str], env: Mapping[str, str]) -> list[str]:
+    """``cmd`` behind :data:`START_GATE`, to run with exactly ``env``."""
+    unset = [f"--unset={v}" for v in SHELL_VARIABLES if v not in env]
+    return [*START_GATE, name, "/usr/bin/env", *unset, *cmd]
 
 
 @dataclass(frozen=True)
@@ -422,7 +434,8 @@ class LocalBackend(Backend):
 
     def _spawn(self, cluster_dir: Path, name: str, cmd: list[str], env: dict[str, str], account: Account,
                cwd: str) -> dict[str, Any]:
-        """Start one process as ``account``, with exactly ``env``; register it (service-owned)."""
+        """Start one process as ``account``, with exactly ``env``; register it (service-owned)
+        before it runs (:data:`START_GATE`)."""
         log_fd = os.open(cluster_dir / "logs" / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         switch: dict[str, Any] = {}
         if account.uid != os.geteuid():
@@ -430,18 +443,20 @@ class LocalBackend(Backend):
         with os.fdopen(log_fd, "ab") as log:
             try:
                 proc = subprocess.Popen(
-                    cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, umask=0o077, **switch,
+                    gated_command(name, cmd, env), cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True, umask=0o077, **switch,
                 )  # fmt: skip
             except OSError as e:
-                reach = f" (may {account.name} run {cmd[0]} and enter {cwd}?)" if switch else ""
+                reach = f" (may {account.name} enter {cwd}?)" if switch else ""
                 raise BackendError(f"cannot start the {name} process as {account.name}: {e.strerror or e}{reach}") from None
         self._children[proc.pid] = proc
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            create_time = 0.0
-        (cluster_dir / "pids" / name).write_text(f"{proc.pid} {create_time}")
+        with proc.stdin:  # closed unopened if registering fails: the gate exits
+            try:
+                create_time = psutil.Process(proc.pid).create_time()
+            except psutil.Error:
+                create_time = 0.0
+            (cluster_dir / "pids" / name).write_text(f"{proc.pid} {create_time}")
+            proc.stdin.write(b"go\n")
         return {"pid": proc.pid, "create_time": create_time}
 
     def _reap(self) -> None:
@@ -636,8 +651,12 @@ class LocalBackend(Backend):
                     shutil.rmtree(d / "run" / "workers" / name, ignore_errors=True)
             # processes the service does not list (e.g. submitted just before a service crash)
             for name, (pid, create_time) in self._registry(self._dir(cluster.id)).items():
-                if name != SCHEDULER and name not in workers and _alive(pid, create_time):
+                if name == SCHEDULER or name in workers:
+                    continue
+                if _alive(pid, create_time):
                     workers[name] = WorkerObservation(name, WorkerPhase.RUNNING, "not known to the service")
+                else:  # e.g. its gate closed unopened by a service that died registering it
+                    (self._dir(cluster.id) / "pids" / name).unlink(missing_ok=True)
             observations[cluster.id] = ClusterObservation(
                 scheduler_alive=alive,
                 scheduler_reason=None if alive else "the scheduler process is gone",
