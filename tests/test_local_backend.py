@@ -163,6 +163,23 @@ async def test_survives_a_new_backend_instance_and_orphans_are_removed(backend, 
     assert await restarted.list_cluster_ids() == {other.id}
 
 
+async def test_a_clock_adjustment_does_not_make_live_processes_look_gone(backend, monkeypatch):
+    """psutil's create_time adds the kernel's boot time as the wall clock now puts it: an NTP or VM
+    clock step moves that by a second, and a registry comparing it would see every process gone."""
+    spec = ClusterSpec(id="c6clock", owner="bob", options={}, tls=generate_cluster_tls("c6").as_dict())
+    info = await backend.start_scheduler(spec)
+    spec.backend_state = info.backend_state
+    [worker] = await backend.submit_workers(spec, 1)
+    spec.backend_state = {**info.backend_state, "workers": {worker.name: worker.backend_state}}
+    pid = info.backend_state["scheduler"]["pid"]
+    before = psutil.Process(pid).create_time()
+    stepped = psutil._pslinux.boot_time() + 1.0
+    monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: stepped)  # what the step does to /proc/stat's btime
+    assert psutil.Process(pid).create_time() == pytest.approx(before + 1.0)
+    obs = (await backend.poll([spec]))[spec.id]
+    assert obs.scheduler_alive and obs.workers[worker.name].phase is not WorkerPhase.FAILED, obs
+
+
 #: A service that starts a process and is killed before it registers the pid (its write of the
 #: registry file kills it): prints the pid it was about to register.
 DIES_REGISTERING = """

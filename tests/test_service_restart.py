@@ -12,7 +12,7 @@ import psutil
 import pytest
 from distributed import Client
 
-from cmsaf_hub.service.backends.local import worker_command
+from cmsaf_hub.service.backends.local import process_start, worker_command
 from cmsaf_hub.service.probe import client_security
 from tests.service_helpers import service_hub_factory  # noqa: F401 (fixture)
 from tests.test_service_api import _record
@@ -49,7 +49,7 @@ def plant_orphan(state_dir) -> subprocess.Popen:
     (d / "pids").mkdir(parents=True)
     (d / "logs").mkdir()
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
-    (d / "pids" / "scheduler").write_text(f"{proc.pid} {psutil.Process(proc.pid).create_time()}")
+    (d / "pids" / "scheduler").write_text(f"{proc.pid} {process_start(proc.pid)!r}")
     return proc
 
 
@@ -60,7 +60,7 @@ def plant_stray_worker(cluster_dir, cluster_id: str, address: str) -> subprocess
     cmd = worker_command(sys.executable, address, name, {}, str(cluster_dir / "run"))
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    (cluster_dir / "pids" / name).write_text(f"{proc.pid} {psutil.Process(proc.pid).create_time()}")
+    (cluster_dir / "pids" / name).write_text(f"{proc.pid} {process_start(proc.pid)!r}")
     threading.Thread(target=proc.wait, daemon=True).start()
     return proc
 

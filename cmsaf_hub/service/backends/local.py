@@ -5,7 +5,8 @@ started detached (own session, output to files) so they outlive a service restar
 environment built by :func:`cluster_process_env`, never the service's own (which holds its hub
 token and crypt key). Layout under ``state_dir`` (all 0711 up to the owner's part):
 
-- ``<id>/pids/<name>``: the process registry, ``pid create_time`` (service only, 0700): how
+- ``<id>/pids/<name>``: the process registry, ``pid started`` (service only, 0700; see
+  :func:`process_start`): how
   :meth:`LocalBackend.list_cluster_ids` finds what the backend holds after a restart.
 - ``<id>/logs/<name>.log``: the processes' output (service only, 0700; users read it through the API).
 - ``<id>/run/``: the owner's, 0700: TLS files, token files, workers' local directories and the
@@ -65,6 +66,7 @@ SHARED_DIR_MODE = 0o711
 PRIVATE_DIR_MODE = 0o700
 #: The largest ``addresses.json`` the service reads (the owner's processes write it).
 MAX_ADDRESS_FILE = 64 * 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Every process starts behind this gate: a shell that execs the real command (same pid, same
 #: start time) only once the service, having registered the pid, writes a line to its stdin. A
 #: service that dies in between closes the pipe, and the shell exits: no process runs unregistered,
@@ -186,13 +188,28 @@ def _same_name(hub_username: str) -> str:
     return hub_username
 
 
-def _alive(pid: int, create_time: float) -> bool:
-    """Whether the registered process still runs (pid reuse and zombies count as dead)."""
+def process_start(pid: int) -> float | None:
+    """When ``pid`` started, in seconds after boot (``/proc/<pid>/stat``); None if no such process
+    runs (a zombie counts as gone).
+
+    Never psutil's ``create_time``: that adds the boot time as the wall clock now says it, so it
+    moves by a second whenever a clock adjustment moves the kernel's ``btime``, and a live process
+    would look like another one that reused its pid.
+    """
     try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    fields = stat_line[stat_line.rindex(b")") + 2:].split()  # after the command name, which may hold anything
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19]) / CLOCK_TICKS
+
+
+def _alive(pid: int, started: float) -> bool:
+    """Whether the registered process still runs (pid reuse and zombies count as dead)."""
+    return process_start(pid) == started
 
 
 def _head(path: Path, limit: int) -> str:
@@ -451,13 +468,10 @@ class LocalBackend(Backend):
                 raise BackendError(f"cannot start the {name} process as {account.name}: {e.strerror or e}{reach}") from None
         self._children[proc.pid] = proc
         with proc.stdin:  # closed unopened if registering fails: the gate exits
-            try:
-                create_time = psutil.Process(proc.pid).create_time()
-            except psutil.Error:
-                create_time = 0.0
-            (cluster_dir / "pids" / name).write_text(f"{proc.pid} {create_time}")
+            started = process_start(proc.pid) or 0.0
+            (cluster_dir / "pids" / name).write_text(f"{proc.pid} {started!r}")
             proc.stdin.write(b"go\n")
-        return {"pid": proc.pid, "create_time": create_time}
+        return {"pid": proc.pid, "started": started}
 
     def _reap(self) -> None:
         for pid, proc in list(self._children.items()):
@@ -468,8 +482,8 @@ class LocalBackend(Backend):
         entries = {}
         for path in (cluster_dir / "pids").glob("*"):
             try:
-                pid, create_time = path.read_text().split()
-                entries[path.name] = (int(pid), float(create_time))
+                pid, started = path.read_text().split()
+                entries[path.name] = (int(pid), float(started))
             except (OSError, ValueError):
                 continue
         return entries
@@ -478,8 +492,8 @@ class LocalBackend(Backend):
         """SIGTERM (each process and its children: a nanny's worker), wait up to ``stop_grace``,
         SIGKILL what is left."""
         live = []
-        for pid, ct in procs:
-            if _alive(pid, ct):
+        for pid, started in procs:
+            if _alive(pid, started):
                 try:
                     parent = psutil.Process(pid)
                     live += [parent, *parent.children(recursive=True)]
@@ -558,12 +572,12 @@ class LocalBackend(Backend):
         deadline = time.monotonic() + self.scheduler_start_timeout
         address_file = d / "run" / ADDRESS_FILE
         while (text := await self._in_thread(_read_owner_file, address_file, MAX_ADDRESS_FILE)) is None:
-            if not _alive(proc_state["pid"], proc_state["create_time"]):
+            if not _alive(proc_state["pid"], proc_state["started"]):
                 self._reap()
                 last = _tail(d / "logs" / f"{SCHEDULER}.log", 400).strip().splitlines()[-1:] or ["no output"]
                 raise BackendError(f"the scheduler exited while starting: {last[0]}", retryable=True)
             if time.monotonic() > deadline:
-                await self._in_thread(self._signal_all, [(proc_state["pid"], proc_state["create_time"])])
+                await self._in_thread(self._signal_all, [(proc_state["pid"], proc_state["started"])])
                 raise BackendError(
                     f"the scheduler did not start within {self.scheduler_start_timeout:g} s", retryable=True
                 )
@@ -608,7 +622,7 @@ class LocalBackend(Backend):
         for name, state in workers.items():
             self._stopping.add((cluster.id, name))
             if "pid" in state:
-                procs.append((state["pid"], state.get("create_time", 0.0)))
+                procs.append((state["pid"], state.get("started", 0.0)))
             elif name in registry and name != SCHEDULER:
                 procs.append(registry[name])
         self._signal_all(procs)
@@ -633,10 +647,10 @@ class LocalBackend(Backend):
         observations = {}
         for cluster in clusters:
             sched = cluster.backend_state.get("scheduler") or {}
-            alive = bool(sched) and _alive(sched["pid"], sched["create_time"])
+            alive = bool(sched) and _alive(sched["pid"], sched["started"])
             workers = {}
             for name, state in (cluster.backend_state.get("workers") or {}).items():
-                if "pid" in state and _alive(state["pid"], state.get("create_time", 0.0)):
+                if "pid" in state and _alive(state["pid"], state.get("started", 0.0)):
                     workers[name] = WorkerObservation(name, self._worker_phase(cluster.id, name))
                 elif (cluster.id, name) in self._stopping:
                     workers[name] = WorkerObservation(name, WorkerPhase.EXITED)
@@ -650,10 +664,10 @@ class LocalBackend(Backend):
                     (d / "pids" / name).unlink(missing_ok=True)
                     shutil.rmtree(d / "run" / "workers" / name, ignore_errors=True)
             # processes the service does not list (e.g. submitted just before a service crash)
-            for name, (pid, create_time) in self._registry(self._dir(cluster.id)).items():
+            for name, (pid, started) in self._registry(self._dir(cluster.id)).items():
                 if name == SCHEDULER or name in workers:
                     continue
-                if _alive(pid, create_time):
+                if _alive(pid, started):
                     workers[name] = WorkerObservation(name, WorkerPhase.RUNNING, "not known to the service")
                 else:  # e.g. its gate closed unopened by a service that died registering it
                     (self._dir(cluster.id) / "pids" / name).unlink(missing_ok=True)
