@@ -66,6 +66,7 @@ SHARED_DIR_MODE = 0o711
 PRIVATE_DIR_MODE = 0o700
 #: The largest ``addresses.json`` the service reads (the owner's processes write it).
 MAX_ADDRESS_FILE = 64 * 1024
+#: The unit of the start times in ``/proc/<pid>/stat`` (:func:`process_start`), per second.
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Every process starts behind this gate: a shell that execs the real command (same pid, same
 #: start time) only once the service, having registered the pid, writes a line to its stdin. A
