@@ -647,6 +647,7 @@ class LocalBackend(Backend):
         self._reap()
         observations = {}
         for cluster in clusters:
+            d = self._dir(cluster.id)
             sched = cluster.backend_state.get("scheduler") or {}
             alive = bool(sched) and _alive(sched["pid"], sched["started"])
             workers = {}
@@ -656,7 +657,6 @@ class LocalBackend(Backend):
                 elif (cluster.id, name) in self._stopping:
                     workers[name] = WorkerObservation(name, WorkerPhase.EXITED)
                 else:
-                    d = self._dir(cluster.id)
                     reason = exit_reason(_tail(d / "logs" / f"{name}.log", 20_000))
                     detail = f": {reason}" if reason else ""
                     workers[name] = WorkerObservation(name, WorkerPhase.FAILED, f"worker process exited{detail}")
@@ -665,13 +665,13 @@ class LocalBackend(Backend):
                     (d / "pids" / name).unlink(missing_ok=True)
                     shutil.rmtree(d / "run" / "workers" / name, ignore_errors=True)
             # processes the service does not list (e.g. submitted just before a service crash)
-            for name, (pid, started) in self._registry(self._dir(cluster.id)).items():
+            for name, (pid, started) in self._registry(d).items():
                 if name == SCHEDULER or name in workers:
                     continue
                 if _alive(pid, started):
                     workers[name] = WorkerObservation(name, WorkerPhase.RUNNING, "not known to the service")
                 else:  # e.g. its gate closed unopened by a service that died registering it
-                    (self._dir(cluster.id) / "pids" / name).unlink(missing_ok=True)
+                    (d / "pids" / name).unlink(missing_ok=True)
             observations[cluster.id] = ClusterObservation(
                 scheduler_alive=alive,
                 scheduler_reason=None if alive else "the scheduler process is gone",
