@@ -40,6 +40,7 @@ from .identity import (
 from .jwks import TokenRejected, unverified_claims
 from .provider import DiscoveredOAuthenticator, IAMRefused, JWKSUnavailable
 from .refresh import ConsumedRefreshTokens, RetryableError, SingleFlight, refresh_due, with_backoff
+from .refresh import refresh_margin as effective_refresh_margin
 
 class IAMAuthenticator(DiscoveredOAuthenticator):
     """Log CMS users in with INDIGO-IAM and keep their tokens (and exchanged tokens) fresh."""
@@ -142,6 +143,8 @@ class IAMAuthenticator(DiscoveredOAuthenticator):
         super().__init__(**kwargs)
         self._refreshes = SingleFlight()
         self._consumed = ConsumedRefreshTokens()
+        #: Access-token lifetimes already warned about (see :meth:`warn_if_checked_too_rarely`).
+        self._lifetimes_warned: set[int] = set()
 
     # --- verification and identity ---------------------------------------------------------------
 
@@ -297,7 +300,25 @@ class IAMAuthenticator(DiscoveredOAuthenticator):
             lifetime = float(claims["exp"]) - float(claims.get("iat", claims["exp"]))
         except (TokenRejected, KeyError, TypeError, ValueError):
             return True
+        self.warn_if_checked_too_rarely(lifetime)
         return refresh_due(expires_at, lifetime, now, self.refresh_margin, self.refresh_margin_fraction)
+
+    def warn_if_checked_too_rarely(self, lifetime: float) -> None:
+        """Warn once per lifetime when the margin IAM's tokens really get is not above ``auth_refresh_age``.
+
+        The configured ``refresh_margin`` may pass the startup check and still be cut to half the
+        lifetime of short tokens: a user then checked every ``auth_refresh_age`` can miss the whole
+        window, and sessions hold expired exchanged tokens until the next check.
+        """
+        margin = effective_refresh_margin(lifetime, self.refresh_margin, self.refresh_margin_fraction)
+        if not self.auth_refresh_age or margin > self.auth_refresh_age or int(lifetime) in self._lifetimes_warned:
+            return
+        self._lifetimes_warned.add(int(lifetime))
+        self.log.warning(
+            "IAM issues %.0f s access tokens: their refresh margin is %.0f s, not above auth_refresh_age "
+            "(%s s), so active users may be checked too late to refresh before expiry; set "
+            "c.IAMAuthenticator.auth_refresh_age to at most %.0f", lifetime, margin, self.auth_refresh_age,
+            max(1.0, margin // 2))
 
     async def _refresh(self, username: str, auth_state: dict):
         refresh_token = auth_state.get("refresh_token")

@@ -300,6 +300,23 @@ async def test_discovery_rejects_wrong_issuer(idp):
         await missing.ensure_discovered()
 
 
+async def test_tokens_too_short_for_auth_refresh_age_are_warned_about_once(idp, caplog):
+    """30 s tokens get a 15 s margin (half the lifetime): the default 30 s check interval can miss it."""
+    idp.lifetime = 30
+    auth = authenticator(idp, auth_refresh_age=30)
+    assert auth.refresh_margin > auth.auth_refresh_age  # the startup check passes
+    for _ in range(3):
+        assert await auth.refresh_user(HubUser("alice", idp.auth_state_for_login())) is True
+    warnings = [r.getMessage() for r in caplog.records if "IAM issues 30 s access tokens" in r.getMessage()]
+    assert warnings == ["IAM issues 30 s access tokens: their refresh margin is 15 s, not above auth_refresh_age "
+                        "(30 s), so active users may be checked too late to refresh before expiry; set "
+                        "c.IAMAuthenticator.auth_refresh_age to at most 7"]
+    caplog.clear()
+    quick = authenticator(idp, auth_refresh_age=7)
+    assert await quick.refresh_user(HubUser("alice", idp.auth_state_for_login())) is True
+    assert "access tokens: their refresh margin" not in caplog.text
+
+
 async def test_no_token_in_logs_repr_or_errors_across_refresh_cycles(idp, caplog):
     caplog.set_level(logging.DEBUG)
     auth = authenticator(idp)
