@@ -1,7 +1,7 @@
 """No secret in any log the stack writes, after a full run with a token refresh.
 
 A real hub (with configurable-http-proxy and the cluster service, whose output lands in the hub's
-log), the dev IAM with 60 s tokens, a cluster with a real scheduler and worker (their own logs), a
+log), the dev IAM with 30 s tokens, a cluster with a real scheduler and worker (their own logs), a
 login, a computation through the hub, the cluster's worker credential and key fetched, one refresh
 of the IAM tokens, and a stop. Then every log file under the test's directory is read for every
 secret the run handed out. (The HTCondor backend's per-identity submit processes are not part of
@@ -23,8 +23,8 @@ from devstack.service_hubs import start_service_hub
 
 pytestmark = pytest.mark.slow
 
-LIFETIME = 60
-HUB_REFRESH = "c.IAMAuthenticator.refresh_margin = 20.0\nc.IAMAuthenticator.auth_refresh_age = 5\n"
+LIFETIME = 30
+HUB_REFRESH = "c.IAMAuthenticator.refresh_margin = 10.0\nc.IAMAuthenticator.auth_refresh_age = 3\n"
 
 
 def token_values(auth_state: dict) -> list[str]:
