@@ -19,6 +19,13 @@ both ways. Then, interleaved, from the notebook side (this process):
 - connection setup: a fresh connection each time (brokered: control-channel ticket + the
   worker's outward connection).
 
+The floor, measured in the same run: the ingress worker's loopback listener reached through 1, 2
+and 3 *ideal* relay hops (``devstack/ideal_relay.py``: ``splice(2)`` in blocking threads, no event
+loop, no byte in user space). A brokered path crosses relays (the ingress path three: nginx, the
+broker, nginx; the broker's listener one; the hub's proxy path three: CHP, the broker, CHP), and no
+relay hop costs less than an ideal one, so each brokered figure is also printed against the floor
+of its hop count: about 1.0x there means the path costs what its hops must, whatever the code.
+
 Targets: brokered gather >= 0.7x direct, brokered round trip <= 1.5x direct, judged on the path
 through the hub's public address that a facility configures (the ingress); the other two paths are
 printed beside it.
@@ -54,11 +61,15 @@ from cmsaf_hub.comm import hub_connection_args, hub_security  # noqa: E402
 from cmsaf_hub.reverse import BROKER_URL_ENV, KEEP_LOCAL_LISTENER_ENV, outbound_worker_command  # noqa: E402
 from cluster_start import running_service_hub  # noqa: E402  (a dev IAM + hub + service, shared by benchmarks)
 from devstack.hub import free_port  # noqa: E402
+from devstack.ideal_relay import start_relay_chain, stop_relays  # noqa: E402
 from devstack.ingress import start_ingress  # noqa: E402
 
 #: Each brokered path is measured against the same worker reached directly.
 INGRESS, OWN_LISTENER, THROUGH_HUB = "brokered, hub's ingress", "brokered, broker's listener", "brokered, hub's proxy"
 DIRECT = "  same worker, direct tcp://"
+#: Relays each brokered path crosses (peer -> ... -> worker), and the ideal-relay paths of the floor.
+HOPS = {INGRESS: 3, OWN_LISTENER: 1, THROUGH_HUB: 3}
+FLOOR = {hops: f"ideal relays, {hops} hop{'s' if hops > 1 else ''}" for hops in (1, 2, 3)}
 
 
 def local_listener(dask_worker) -> str:
@@ -160,7 +171,14 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
                         addresses[brokered + DIRECT] = (local, big.key, small.key)
                     assert by_name["via-broker"].startswith(f"hubrev://{broker_listen}/"), by_name
                     assert by_name["via-ingress"].startswith(f"hubrev://{ingress.host}:{ingress.port}/"), by_name
-                    figures = await measure(addresses, token, rounds=rounds, repeats=repeats, mbytes=mbytes)
+                    local, big, small = addresses[INGRESS + DIRECT]
+                    relays, ports = start_relay_chain(local.removeprefix("tcp://"), max(FLOOR))
+                    try:
+                        for hops, port in enumerate(ports, 1):
+                            addresses[FLOOR[hops]] = (f"tcp://127.0.0.1:{port}", big, small)
+                        figures = await measure(addresses, token, rounds=rounds, repeats=repeats, mbytes=mbytes)
+                    finally:
+                        stop_relays(relays)
             finally:
                 for worker in workers:
                     stop_worker(worker)
@@ -173,8 +191,13 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
     for path, f in figures.items():
         print(f"  {path.partition(DIRECT)[1] or path:30s} gather {f['gather']:8.1f} MB/s   round trip {f['rtt']:6.2f} ms   "
               f"new connection {f['connect']:6.2f} ms")
+    direct = figures[INGRESS + DIRECT]  # the floor's relays lead to the ingress worker's listener
+    for hops, path in FLOOR.items():
+        f = figures[path]
+        print(f"  floor, {path}/direct: gather {f['gather'] / direct['gather']:.2f}x   "
+              f"round trip {f['rtt'] / direct['rtt']:.2f}x")
     for brokered, judged in ((INGRESS, True), (OWN_LISTENER, False), (THROUGH_HUB, False)):
-        b, d = figures[brokered], figures[brokered + DIRECT]
+        b, d, floor = figures[brokered], figures[brokered + DIRECT], figures[FLOOR[HOPS[brokered]]]
         gather, rtt = b["gather"] / d["gather"], b["rtt"] / d["rtt"]
 
         def target(text: str, met: bool) -> str:
@@ -182,6 +205,8 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
 
         print(f"  {brokered}/direct: gather {gather:.2f}x{target('>= 0.7', gather >= 0.7)}   "
               f"round trip {rtt:.2f}x{target('<= 1.5', rtt <= 1.5)}   new connection {b['connect'] / d['connect']:.1f}x")
+        print(f"    against the floor of its {HOPS[brokered]} hop{'s' if HOPS[brokered] > 1 else ''}: "
+              f"gather {b['gather'] / floor['gather']:.2f}x   round trip {b['rtt'] / floor['rtt']:.2f}x")
     return 0
 
 

@@ -33,7 +33,8 @@ FIGURES = {
     "data_read": [r"direct from origin : +\d+\.\d MB/s", r"warm through XCache: +\d+\.\d MB/s +ratio to direct \d+\.\d\dx"],
     "outbound_workers": [r"hub's ingress/direct: gather \d+\.\d\dx \(target >= 0\.7: (met|MISSED)\)",
                          r"broker's listener/direct: gather \d+\.\d\dx", r"hub's proxy/direct: gather \d+\.\d\dx",
-                         r"round trip \d+\.\d\dx"],
+                         r"round trip \d+\.\d\dx", r"floor, ideal relays, 3 hops/direct: gather \d+\.\d\dx",
+                         r"against the floor of its 3 hops: gather \d+\.\d\dx   round trip \d+\.\d\dx"],
     "relay_overhead": [r"\d+\.\d+ ?ms", r"\d+\.\d\d ?x"],
     "service_scale": [r"GET /clusters, 20 held p50 \d+\.\d ms", r"KiB per cluster; ratio vs target 50 KB: \d+\.\d\d"],
 }
