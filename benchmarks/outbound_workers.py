@@ -171,11 +171,11 @@ async def main(rounds: int, repeats: int, mbytes: int) -> int:
                         addresses[brokered + DIRECT] = (local, big.key, small.key)
                     assert by_name["via-broker"].startswith(f"hubrev://{broker_listen}/"), by_name
                     assert by_name["via-ingress"].startswith(f"hubrev://{ingress.host}:{ingress.port}/"), by_name
-                    local, big, small = addresses[INGRESS + DIRECT]
-                    relays, ports = start_relay_chain(local.removeprefix("tcp://"), max(FLOOR))
+                    listener, big_key, small_key = addresses[INGRESS + DIRECT]
+                    relays, ports = start_relay_chain(listener.removeprefix("tcp://"), max(FLOOR))
                     try:
                         for hops, port in enumerate(ports, 1):
-                            addresses[FLOOR[hops]] = (f"tcp://127.0.0.1:{port}", big, small)
+                            addresses[FLOOR[hops]] = (f"tcp://127.0.0.1:{port}", big_key, small_key)
                         figures = await measure(addresses, token, rounds=rounds, repeats=repeats, mbytes=mbytes)
                     finally:
                         stop_relays(relays)

@@ -25,7 +25,7 @@ CHUNK = 1024 * 1024
 
 
 def pump(source: socket.socket, sink: socket.socket) -> None:
-    """One direction, until EOF (passed on as a half-close) or a reset."""
+    """One direction, until EOF (passed on as a half-close) or a reset (which ends both directions)."""
     read_end, write_end = os.pipe()
     with suppress(OSError):
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, CHUNK)
@@ -35,10 +35,21 @@ def pump(source: socket.socket, sink: socket.socket) -> None:
                 moved -= os.splice(read_end, sink.fileno(), moved)
         sink.shutdown(socket.SHUT_WR)
     except OSError:
-        pass
+        for sock in (source, sink):  # wakes the other direction's blocked splice
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def relay(near: socket.socket, far: socket.socket) -> None:
+    """Both directions of one connection; the sockets are closed once both have ended."""
+    with near, far:
+        back = threading.Thread(target=pump, args=(far, near), daemon=True)
+        back.start()
+        pump(near, far)
+        back.join()
 
 
 def serve(upstream: tuple[str, int]) -> None:
@@ -49,8 +60,7 @@ def serve(upstream: tuple[str, int]) -> None:
             far = socket.create_connection(upstream)
             for sock in (near, far):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for ends in ((near, far), (far, near)):
-                threading.Thread(target=pump, args=ends, daemon=True).start()
+            threading.Thread(target=relay, args=(near, far), daemon=True).start()
 
 
 def start_relay_chain(upstream: str, hops: int) -> tuple[list[subprocess.Popen], list[int]]:
